@@ -1,0 +1,213 @@
+"""`icc`: start the system, run one service, mint a dev token, or send a signed message."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from shared.settings import Settings
+
+log = logging.getLogger("icc")
+
+
+def _serve(app_path: str, port: int, settings: Settings) -> int:
+    import uvicorn
+
+    uvicorn.run(app_path, factory=True, host=settings.host, port=port, log_level="info", ws_max_size=65536)
+    return 0
+
+
+def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
+    target = {
+        "ingest": ("services.ingest.app:create_app", settings.ingest_port),
+        "command-centre": ("services.command_centre.app:create_app", settings.command_centre_port),
+        "gateway": ("services.gateway.app:create_app", settings.gateway_port),
+    }[args.command]
+    return _serve(target[0], args.port or target[1], settings)
+
+
+def cmd_simulator(args: argparse.Namespace, settings: Settings) -> int:
+    from services.simulator.traffic import Simulator
+    from shared.organisation import load_organisation
+    from shared.secrets_store import load
+
+    secrets = load(settings.resolved_secrets_file)
+    simulator = Simulator(
+        org=load_organisation(settings.org_file),
+        ingest_url=args.ingest_url or f"http://{settings.host}:{settings.ingest_port}",
+        source="simulator",
+        secret=secrets.webhook_secrets["simulator"],
+        rate=args.rate,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await simulator.run(stop, changes=args.changes)
+
+    asyncio.run(main())
+    log.info("simulator sent %d events (%d failed)", simulator.sent, simulator.failed)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.auth import Role, mint_token
+    from shared.secrets_store import load
+
+    secrets = load(settings.resolved_secrets_file)
+    print(mint_token(secrets.jwt_secret, subject=args.subject, role=Role(args.role), scopes=args.scope,
+                     ttl_seconds=int(args.ttl_hours * 3600)))
+    return 0
+
+
+def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
+    import httpx
+
+    from shared.auth import SOURCE_HEADER, sign_webhook
+    from shared.secrets_store import load
+
+    secret = args.secret or load(settings.resolved_secrets_file).webhook_secrets.get(args.source)
+    if secret is None:
+        print(f"no webhook secret for source {args.source!r}", file=sys.stderr)
+        return 2
+    body = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
+    url = args.url or f"http://{settings.host}:{settings.ingest_port}/v1/bed-events"
+    headers = {"content-type": args.content_type, SOURCE_HEADER: args.source, **sign_webhook(secret, body)}
+    response = httpx.post(url, content=body, headers=headers, timeout=30)
+    print(f"{response.status_code} {response.headers.get('content-type', '')}")
+    print(response.text)
+    return 0 if response.is_success else 1
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.db import migrate
+
+    if not settings.database_url:
+        print("DATABASE_URL is not set", file=sys.stderr)
+        return 2
+    migrate(settings.database_url)
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.events import json_schemas
+
+    out = Path(args.directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {len(json_schemas())} schemas to {out}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from icc.stack import SERVICES, Stack
+    from shared.auth import Role, mint_token
+    from shared.secrets_store import load_or_create
+
+    stack = Stack(settings)
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        secrets = load_or_create(settings.resolved_secrets_file)
+        print(f"data folder: {stack.data_dir}")
+        stack.start_infrastructure()
+        print("database:", "embedded PostgreSQL" if stack.embedded_postgres else "DATABASE_URL")
+        print("broker:  ", f"embedded (Tansu) on {stack.bootstrap}" if stack.broker else stack.bootstrap)
+        stack.start_services()
+        if not args.no_simulator:
+            stack.start_service("simulator", "--rate", str(args.rate))
+        token = mint_token(secrets.jwt_secret, subject="wall-display", role=Role.wall_display,
+                           scopes=[f"system:{_system_id(settings)}"])
+        print()
+        for name in SERVICES:
+            print(f"  {name:<15} {stack.url_of(name)}")
+        print(f"\nWall display:  {stack.url_of('gateway')}/#token={token}")
+        print(f"Dev credentials (JWT key, webhook secrets): {settings.resolved_secrets_file.resolve()}")
+        print("Mint more tokens with `icc token --role site_manager --scope site:RXN01`. Ctrl-C stops everything.")
+        while not stopping:
+            for name, process in list(stack.processes.items()):
+                if process.poll() is not None:
+                    print(f"{name} exited with {process.returncode}; see {stack.data_dir}/logs/{name}.log")
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        print("stopping…")
+        stack.stop()
+    return 0
+
+
+def _system_id(settings: Settings) -> str:
+    from shared.organisation import load_organisation
+
+    return load_organisation(settings.org_file).system.id
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start everything on embedded defaults (database, broker, services, simulator)")
+    up.add_argument("--no-simulator", action="store_true")
+    up.add_argument("--rate", type=float, default=5.0, help="simulated bed changes per second")
+    up.set_defaults(func=cmd_up)
+
+    for name in ("ingest", "command-centre", "gateway"):
+        service = sub.add_parser(name, help=f"run the {name} service")
+        service.add_argument("--port", type=int, default=0)
+        service.set_defaults(func=cmd_service)
+
+    sim = sub.add_parser("simulator", help="post synthetic bed traffic to ingest")
+    sim.add_argument("--rate", type=float, default=5.0)
+    sim.add_argument("--changes", type=int, default=None, help="stop after this many changes")
+    sim.add_argument("--ingest-url", default="")
+    sim.set_defaults(func=cmd_simulator)
+
+    token = sub.add_parser("token", help="mint a development JWT")
+    token.add_argument("--role", required=True, choices=["wall_display", "site_manager", "ward_nurse", "icb_analyst", "admin"])
+    token.add_argument("--scope", action="append", required=True, help="system:ID, site:ID or ward:ID (repeatable)")
+    token.add_argument("--subject", default="dev-user")
+    token.add_argument("--ttl-hours", type=float, default=12)
+    token.set_defaults(func=cmd_token)
+
+    send = sub.add_parser("send", help="sign a file and post it to a webhook")
+    send.add_argument("file", help="the message body (- for stdin)")
+    send.add_argument("--source", default="bedmgmt")
+    send.add_argument("--url", default="")
+    send.add_argument("--content-type", default="application/json")
+    send.add_argument("--secret", default="", help="webhook secret (default: the dev secret of --source)")
+    send.set_defaults(func=cmd_send)
+
+    mig = sub.add_parser("migrate", help="apply database migrations to DATABASE_URL")
+    mig.set_defaults(func=cmd_migrate)
+
+    schemas = sub.add_parser("schemas", help="write the JSON Schemas of every event type")
+    schemas.add_argument("directory")
+    schemas.set_defaults(func=cmd_schemas)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("embedded_postgres", "alembic", "aiokafka", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    return int(args.func(args, Settings()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

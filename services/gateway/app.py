@@ -1,0 +1,70 @@
+"""Composition root of the WebSocket gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, ORJSONResponse
+
+from services.gateway.live_state import LiveState
+from services.gateway.state_feed import StateFeed, seed_from_database
+from services.gateway.stream import router as stream_router
+from shared import problems
+from shared.runtime import CurrentRuntime, Runtime, load_runtime, readiness
+
+STATIC = Path(__file__).parent / "static"
+HEARTBEAT_SECONDS = 10.0
+
+
+async def _heartbeats(live: LiveState, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
+        live.heartbeat()
+
+
+def create_app(runtime: Runtime | None = None) -> FastAPI:
+    runtime = runtime or load_runtime()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start(pool_size=2)
+        live = LiveState(runtime.org)
+        await seed_from_database(runtime.db, live)
+        feed = StateFeed(runtime.bootstrap, live, partitions=runtime.settings.topic_partitions)
+        runtime.extra.update(live=live, feed=feed)
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(feed.run(stop)), asyncio.create_task(_heartbeats(live, stop))]
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await runtime.stop()
+
+    app = FastAPI(title="ICC gateway", version="0.1.0", lifespan=lifespan)
+    app.state.runtime = runtime
+    problems.install(app)
+    app.include_router(stream_router)
+
+    @app.get("/", include_in_schema=False)
+    async def wall_display() -> FileResponse:
+        return FileResponse(STATIC / "wall.html", media_type="text/html")
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(runtime: CurrentRuntime) -> ORJSONResponse:
+        response = await readiness(runtime)
+        feed: StateFeed = runtime.extra["feed"]
+        if not feed.running:
+            return ORJSONResponse({"status": "not ready", "checks": {"state_feed": False}}, status_code=503)
+        return response
+
+    return app

@@ -1,0 +1,120 @@
+"""`WS /v1/stream`: authenticate with the first message, subscribe to scopes, receive snapshot + deltas.
+
+Close codes: 4400 bad message, 4401 not authenticated, 4403 scope not allowed, 4408 too slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from services.gateway.live_state import CLOSE_TOO_SLOW, LiveState, Subscriber
+from shared.auth import AuthError, Principal, Scope, verify_token
+from shared.runtime import Runtime
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+AUTH_TIMEOUT_SECONDS = 10.0
+CLOSE_BAD_MESSAGE = 4400
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+
+
+async def _receive_json(ws: WebSocket, timeout: float | None = None) -> dict[str, Any]:
+    text = await asyncio.wait_for(ws.receive_text(), timeout)
+    message = orjson.loads(text)
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ValueError("a message is a JSON object with a string `type`")
+    return message
+
+
+async def _authenticate(ws: WebSocket, runtime: Runtime) -> Principal | None:
+    try:
+        message = await _receive_json(ws, AUTH_TIMEOUT_SECONDS)
+        if message["type"] != "auth" or not isinstance(message.get("token"), str):
+            raise AuthError("the first message must be {\"type\": \"auth\", \"token\": ...}")
+        return verify_token(runtime.secrets.jwt_secret, message["token"])
+    except (AuthError, ValueError, TimeoutError) as exc:
+        reason = exc.detail if isinstance(exc, AuthError) else str(exc) or "authentication timed out"
+        await ws.close(CLOSE_UNAUTHENTICATED, reason[:120])
+        return None
+
+
+async def _sender(ws: WebSocket, subscriber: Subscriber) -> None:
+    while True:
+        frame = await subscriber.queue.get()
+        await ws.send_text(frame)
+
+
+@router.websocket("/v1/stream")
+async def stream(ws: WebSocket) -> None:
+    runtime: Runtime = ws.app.state.runtime
+    live: LiveState = runtime.extra["live"]
+    await ws.accept()
+    principal = await _authenticate(ws, runtime)
+    if principal is None:
+        return
+    subscriber = Subscriber()
+    await ws.send_text(
+        orjson.dumps(
+            {
+                "type": "ready",
+                "subject": principal.subject,
+                "role": principal.role.value,
+                "scopes": [str(s) for s in principal.scopes],
+            }
+        ).decode()
+    )
+    sender = asyncio.create_task(_sender(ws, subscriber))
+    slow = asyncio.create_task(subscriber.too_slow.wait())
+    try:
+        while True:
+            receive = asyncio.create_task(_receive_json(ws))
+            done, _ = await asyncio.wait({receive, sender, slow}, return_when=asyncio.FIRST_COMPLETED)
+            if slow in done:
+                receive.cancel()
+                await ws.close(CLOSE_TOO_SLOW, "client too slow; reconnect for a fresh snapshot")
+                return
+            if sender in done:
+                receive.cancel()
+                return
+            message = receive.result()
+            if message["type"] == "subscribe":
+                try:
+                    scope = Scope.parse(str(message.get("scope", "")))
+                except ValueError as exc:
+                    await ws.close(CLOSE_BAD_MESSAGE, str(exc)[:120])
+                    return
+                if not _exists(scope, runtime) or not principal.may_see(scope, runtime.org):
+                    await ws.close(CLOSE_FORBIDDEN, f"scope {scope} not allowed for this token"[:120])
+                    return
+                subscriber.offer(live.subscribe(subscriber, scope))
+            elif message["type"] == "unsubscribe":
+                live.unsubscribe(subscriber)
+            elif message["type"] != "ping":
+                await ws.close(CLOSE_BAD_MESSAGE, f"unknown message type {message['type']!r}"[:120])
+                return
+    except WebSocketDisconnect:
+        return
+    except ValueError as exc:
+        with contextlib.suppress(RuntimeError):
+            await ws.close(CLOSE_BAD_MESSAGE, f"not JSON: {exc}"[:120])
+    finally:
+        live.unsubscribe(subscriber)
+        sender.cancel()
+        slow.cancel()
+
+
+def _exists(scope: Scope, runtime: Runtime) -> bool:
+    org = runtime.org
+    return {
+        "system": scope.id == org.system.id,
+        "site": scope.id in org.sites_by_id,
+        "ward": scope.id in org.wards,
+    }[scope.tier.value]

@@ -1,0 +1,47 @@
+"""Composition root of the ingest service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+from fastapi import FastAPI
+
+from services.ingest.api import router
+from services.ingest.group_commit import GroupCommitWriter
+from shared import problems
+from shared.outbox import OutboxRelay
+from shared.runtime import Runtime, load_runtime
+
+
+def create_app(runtime: Runtime | None = None) -> FastAPI:
+    runtime = runtime or load_runtime()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        writer = GroupCommitWriter(runtime.db)
+        relay = OutboxRelay(
+            runtime.database_url,
+            runtime.bootstrap,
+            partitions=runtime.settings.topic_partitions,
+            retention=timedelta(hours=runtime.settings.outbox_retention_hours),
+        )
+        runtime.extra.update(writer=writer, relay=relay)
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(writer.run(), name="group-commit"), asyncio.create_task(relay.run(stop))]
+        try:
+            yield
+        finally:
+            stop.set()
+            tasks[0].cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await runtime.stop()
+
+    app = FastAPI(title="ICC ingest", version="0.1.0", lifespan=lifespan)
+    app.state.runtime = runtime
+    problems.install(app)
+    app.include_router(router)
+    return app

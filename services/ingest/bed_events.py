@@ -1,0 +1,56 @@
+"""The bed-management JSON webhook: one bed's new status at the source's time."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from shared import topics
+from shared.events import BedStatus, BedStatusChanged, Envelope
+from shared.organisation import Organisation
+from shared.outbox import OutboxEvent
+from shared.problems import Problem
+
+# Event ids derived from content when a sender gives none: a re-sent identical message dedups.
+_CONTENT_NAMESPACE = uuid.UUID("2f1c7d1e-5d0b-4c55-9a53-0c3f5e1b7a10")
+
+
+class BedEventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    event_id: uuid.UUID | None = Field(default=None, description="the sender's id; re-sending it is harmless")
+    site_id: str = Field(min_length=1, max_length=64)
+    ward_id: str = Field(min_length=1, max_length=64)
+    bed_id: str = Field(min_length=1, max_length=96)
+    status: BedStatus
+    occurred_at: AwareDatetime = Field(description="when the status changed, in the source's clock")
+
+
+def to_event(body: BedEventIn, *, source: str, org: Organisation) -> OutboxEvent:
+    ward = org.wards.get(body.ward_id)
+    if ward is None or ward.site_id != body.site_id:
+        raise Problem(
+            422, "unknown-location", "Unknown location",
+            f"ward {body.ward_id!r} is not a ward of site {body.site_id!r}",
+            errors=[{"field": "ward_id", "message": "not in the organisation model for this site"}],
+        )
+    bed = org.beds.get(body.bed_id)
+    if bed is None or bed.ward_id != ward.id:
+        raise Problem(
+            422, "unknown-location", "Unknown location",
+            f"bed {body.bed_id!r} is not a bed of ward {ward.id!r}",
+            errors=[{"field": "bed_id", "message": "not in the organisation model for this ward"}],
+        )
+    event_id = body.event_id or uuid.uuid5(
+        _CONTENT_NAMESPACE, f"{source}|{body.model_dump_json(exclude={'event_id'})}"
+    )
+    envelope = Envelope.wrap(
+        BedStatusChanged(ward_id=ward.id, bed_id=bed.id, status=body.status),
+        event_id=event_id,
+        occurred_at=body.occurred_at,
+        source=source,
+        site_id=body.site_id,
+        entity_id=bed.id,
+    )
+    return OutboxEvent(envelope.event_id, topics.BEDS.name, body.site_id, envelope.to_json(), envelope.event_type)

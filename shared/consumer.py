@@ -1,0 +1,303 @@
+"""A Kafka consumer whose offsets live in PostgreSQL, beside the state it produces.
+
+Each batch is applied in one database transaction together with the consumed offsets and the
+highest outbox id applied per partition. Nothing is committed to Kafka. On (re)assignment the
+consumer seeks to the stored offsets; on a broker that lost its log (new incarnation) it starts the
+partition from the beginning and skips, by outbox id, everything it had already applied.
+
+Undecodable records are dead-lettered (kept in `icc.dlq.v1` through the outbox) in the same
+transaction; a batch whose handler fails is retried with backoff, then applied record by record so
+that only the poison record is dead-lettered and the partition never stalls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from shared import topics
+from shared.events import Envelope
+from shared.kafka import OUTBOX_ID_HEADER, IncarnationProbe
+from shared.outbox import OutboxEvent, append
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    topic: str
+    partition: int
+    offset: int
+    outbox_id: int
+    envelope: Envelope
+
+
+class BatchHandler(Protocol):
+    async def apply(self, conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> None:
+        """Apply deliveries inside the caller's transaction (no commit, no Kafka)."""
+
+    def forget(self) -> None:
+        """Drop any in-memory state: partitions moved, the database is the truth again."""
+
+
+@dataclass
+class _PartitionPosition:
+    next_offset: int
+    outbox_hw: int
+
+
+@dataclass
+class ConsumerStats:
+    applied: int = 0
+    skipped_duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    resets: int = 0
+    listeners: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: StoredOffsetConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.owner.handler.forget()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.owner.restore(assigned)
+
+
+class StoredOffsetConsumer:
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        pool: asyncpg.Pool,
+        group_id: str,
+        topic_names: Sequence[str],
+        handler: BatchHandler,
+        partitions: int,
+        max_records: int = 2000,
+        max_attempts: int = 4,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.pool = pool
+        self.group_id = group_id
+        self.topic_names = list(topic_names)
+        self.handler = handler
+        self.max_records = max_records
+        self.max_attempts = max_attempts
+        self.stats = ConsumerStats()
+        self.incarnation = ""
+        self.positions: dict[TopicPartition, _PartitionPosition] = {}
+        self._probe = IncarnationProbe(bootstrap, partitions)
+        self._consumer: AIOKafkaConsumer | None = None
+        self.running = False
+
+    async def restore(self, assigned: list[TopicPartition]) -> None:
+        """Seek each assigned partition to the offset stored with the state."""
+        assert self._consumer is not None
+        self.handler.forget()
+        self.incarnation = await self._probe.current()
+        rows = await self.pool.fetch(
+            "SELECT topic, partition, next_offset, outbox_hw, broker_incarnation FROM consumer_offset "
+            "WHERE group_id = $1",
+            self.group_id,
+        )
+        stored = {TopicPartition(r["topic"], r["partition"]): r for r in rows}
+        self.positions = {}
+        for tp in assigned:
+            row = stored.get(tp)
+            if row is None:
+                self.positions[tp] = _PartitionPosition(0, 0)
+            elif row["broker_incarnation"] == self.incarnation:
+                self.positions[tp] = _PartitionPosition(row["next_offset"], row["outbox_hw"])
+            else:
+                log.warning("%s: broker has a new log; reading from its start, skipping applied events", tp)
+                self.stats.resets += 1
+                self.positions[tp] = _PartitionPosition(0, row["outbox_hw"])
+            self._consumer.seek(tp, self.positions[tp].next_offset)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                await self._consume(stop)
+            except (KafkaError, OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("consumer %s: %s; restarting in %.1fs", self.group_id, exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_records,
+            fetch_max_bytes=16 * 1024 * 1024,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self._consumer = consumer
+        await consumer.start()
+        try:
+            consumer.subscribe(self.topic_names, listener=_Rebalance(self))
+            self.running = True
+            loop = asyncio.get_running_loop()
+            checked = loop.time()
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                records = [r for rs in batch.values() for r in rs]
+                if records:
+                    await self._apply(records)
+                    for listener in self.stats.listeners:
+                        await listener()
+                elif loop.time() - checked > 2.0:
+                    checked = loop.time()
+                    await self._check_incarnation()
+        finally:
+            self.running = False
+            self._consumer = None
+            await consumer.stop()
+            await self._probe.close()
+
+    async def _check_incarnation(self) -> None:
+        """A broker that restarted empty never reports our positions out of range: look for it."""
+        current = await self._probe.current()
+        if current != self.incarnation and self._consumer is not None:
+            await self.restore(list(self._consumer.assignment()))
+
+    async def _apply(self, records: list) -> None:  # type: ignore[type-arg]
+        deliveries: list[Delivery] = []
+        dead: list[OutboxEvent] = []
+        touched: dict[TopicPartition, _PartitionPosition] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            position = self.positions.setdefault(tp, _PartitionPosition(0, 0))
+            outbox_id = _outbox_id(record.headers)
+            position.next_offset = record.offset + 1
+            touched[tp] = position
+            if outbox_id is not None and outbox_id <= position.outbox_hw:
+                self.stats.skipped_duplicates += 1
+                continue
+            if outbox_id is not None:
+                position.outbox_hw = outbox_id
+            try:
+                envelope = Envelope.from_json(record.value)
+            except (ValidationError, ValueError) as exc:
+                dead.append(_dead_letter(record, f"undecodable: {exc}"))
+                continue
+            deliveries.append(Delivery(record.topic, record.partition, record.offset, outbox_id or 0, envelope))
+
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                await self._commit(deliveries, dead, touched, isolate=attempt == self.max_attempts)
+                return
+            except asyncpg.PostgresError:
+                raise
+            except Exception as exc:  # a handler bug or a poison event: retry, then isolate it
+                log.warning("batch failed (attempt %d/%d): %r", attempt, self.max_attempts, exc)
+                await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+
+    async def _commit(
+        self,
+        deliveries: list[Delivery],
+        dead: list[OutboxEvent],
+        touched: dict[TopicPartition, _PartitionPosition],
+        *,
+        isolate: bool,
+    ) -> None:
+        """One transaction: the state changes, dead letters and offsets, or nothing at all.
+
+        With `isolate`, each record is applied in its own savepoint and a failing one is dead-lettered.
+        """
+        dead = list(dead)
+        applied = 0
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                if isolate:
+                    for delivery in deliveries:
+                        try:
+                            async with conn.transaction():
+                                await self.handler.apply(conn, [delivery])
+                            applied += 1
+                        except asyncpg.PostgresError:
+                            raise
+                        except Exception as exc:  # this record alone fails: keep it, move on
+                            self.handler.forget()
+                            dead.append(_dead_letter_envelope(delivery, f"handler failed: {exc!r}"))
+                elif deliveries:
+                    await self.handler.apply(conn, deliveries)
+                    applied = len(deliveries)
+                if dead:
+                    await append(conn, dead)
+                await conn.executemany(
+                    """
+                    INSERT INTO consumer_offset
+                        (group_id, topic, partition, next_offset, outbox_hw, broker_incarnation)
+                    VALUES ($1, $2, $3, $4, $5, $6)
+                    ON CONFLICT (group_id, topic, partition) DO UPDATE
+                    SET next_offset = $4, outbox_hw = $5, broker_incarnation = $6, updated_at = now()
+                    """,
+                    [
+                        (self.group_id, tp.topic, tp.partition, p.next_offset, p.outbox_hw, self.incarnation)
+                        for tp, p in touched.items()
+                    ],
+                )
+        except BaseException:
+            # memory may hold changes the database rolled back: the database is the truth
+            self.handler.forget()
+            raise
+        self.stats.applied += applied
+        self.stats.dead_lettered += len(dead)
+        self.stats.batches += 1
+
+
+def _outbox_id(headers: Sequence[tuple[str, bytes]] | None) -> int | None:
+    for name, value in headers or ():
+        if name == OUTBOX_ID_HEADER:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _dead_letter(record: object, reason: str) -> OutboxEvent:
+    value = getattr(record, "value", b"") or b""
+    body = orjson.dumps(
+        {
+            "reason": reason,
+            "topic": getattr(record, "topic", ""),
+            "partition": getattr(record, "partition", -1),
+            "offset": getattr(record, "offset", -1),
+            "value": bytes(value).decode("utf-8", "replace"),
+        }
+    )
+    key = bytes(getattr(record, "key", b"") or b"").decode("utf-8", "replace")
+    return OutboxEvent(uuid.uuid4(), topics.DLQ.name, key, body)
+
+
+def _dead_letter_envelope(delivery: Delivery, reason: str) -> OutboxEvent:
+    body = orjson.dumps(
+        {
+            "reason": reason,
+            "topic": delivery.topic,
+            "partition": delivery.partition,
+            "offset": delivery.offset,
+            "value": delivery.envelope.model_dump(mode="json"),
+        }
+    )
+    return OutboxEvent(uuid.uuid4(), topics.DLQ.name, delivery.envelope.site_id, body)

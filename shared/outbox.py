@@ -1,0 +1,203 @@
+"""The transactional outbox and its relay to Kafka.
+
+Writers append events in the same transaction as whatever produced them. Each appending
+transaction first takes one advisory lock, so outbox ids are handed out and committed in the same
+order: the relay reads `id > last published` and can never skip a row that commits late.
+
+One relay is active at a time (a session advisory lock elects it); any service may host one.
+It publishes in id order, records its position after the broker acknowledged, and on a broker
+that lost its log (new incarnation) starts again from the oldest retained row; consumers skip
+what they already applied by the outbox id carried in each record's headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import asyncpg
+from aiokafka.errors import KafkaError
+
+from shared.kafka import EVENT_TYPE_HEADER, OUTBOX_ID_HEADER, IncarnationProbe, producer
+
+log = logging.getLogger(__name__)
+
+APPEND_LOCK = 7_160_002
+RELAY_LOCK = 7_160_003
+NOTIFY_CHANNEL = "icc_outbox"
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    event_id: uuid.UUID
+    topic: str
+    key: str
+    value: bytes
+    event_type: str = ""
+
+
+async def append(conn: asyncpg.Connection, events: Sequence[OutboxEvent]) -> set[uuid.UUID]:
+    """Add events inside the caller's transaction; return the ids that were new (not duplicates)."""
+    if not events:
+        return set()
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
+    rows = await conn.fetch(
+        """
+        INSERT INTO outbox (event_id, topic, key, value)
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id
+        """,
+        [e.event_id for e in events],
+        [e.topic for e in events],
+        [e.key for e in events],
+        [e.value for e in events],
+    )
+    if rows:
+        await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    return {r["event_id"] for r in rows}
+
+
+class OutboxRelay:
+    """Publishes the outbox to Kafka in commit order; survives broker outages and broker resets."""
+
+    def __init__(
+        self,
+        database_url: str,
+        bootstrap: str,
+        *,
+        partitions: int,
+        retention: timedelta,
+        name: str = "main",
+        batch_size: int = 5000,
+    ) -> None:
+        self.database_url = database_url
+        self.bootstrap = bootstrap
+        self.partitions = partitions
+        self.retention = retention
+        self.name = name
+        self.batch_size = batch_size
+        self.is_leader = False
+        self.published = 0
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set: elect, then relay; on any broker or database failure, back off and retry."""
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                await self._lead(stop)
+                backoff = 0.2
+            except (KafkaError, OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+                self.is_leader = False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2.0)
+                if stop.is_set():
+                    return
+            self.is_leader = True
+            await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+            await self._relay(conn, stop)
+        finally:
+            self.is_leader = False
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
+                await conn.close(timeout=2)
+
+    async def _relay(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
+        probe = IncarnationProbe(self.bootstrap, self.partitions)
+        prod = producer(self.bootstrap)
+        await prod.start()
+        try:
+            last_id = await self._position(conn, await probe.current())
+            pruned_at = 0.0
+            loop = asyncio.get_running_loop()
+            while not stop.is_set():
+                self._wake.clear()
+                rows = await conn.fetch(
+                    "SELECT id, topic, key, value FROM outbox WHERE id > $1 ORDER BY id LIMIT $2",
+                    last_id,
+                    self.batch_size,
+                )
+                if not rows:
+                    if loop.time() - pruned_at > 60:
+                        await self._prune(conn)
+                        pruned_at = loop.time()
+                    # NOTIFY wakes us at once; the timeout also notices a broker reset while idle
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), 1.0)
+                    last_id = await self._position(conn, await probe.current())
+                    continue
+                before = await probe.current()
+                futures = [
+                    await prod.send(
+                        r["topic"],
+                        r["value"],
+                        key=r["key"].encode(),
+                        headers=[(OUTBOX_ID_HEADER, str(r["id"]).encode())],
+                    )
+                    for r in rows
+                ]
+                await asyncio.gather(*futures)
+                after = await probe.current()
+                if after != before:
+                    log.warning("broker changed incarnation during a batch; republishing retained outbox")
+                    last_id = await self._position(conn, after)
+                    continue
+                last_id = rows[-1]["id"]
+                await conn.execute(
+                    "UPDATE relay_position SET last_id = $2, updated_at = now() WHERE name = $1",
+                    self.name,
+                    last_id,
+                )
+                self.published += len(rows)
+        finally:
+            await prod.stop()
+            await probe.close()
+
+    async def _position(self, conn: asyncpg.Connection, incarnation: str) -> int:
+        """The last published id for this broker incarnation; a new incarnation starts over."""
+        row = await conn.fetchrow(
+            "SELECT last_id, broker_incarnation FROM relay_position WHERE name = $1", self.name
+        )
+        if row is not None and row["broker_incarnation"] == incarnation:
+            return int(row["last_id"])
+        start = int(await conn.fetchval("SELECT coalesce(min(id), 1) - 1 FROM outbox"))
+        if row is not None:
+            log.warning("new broker incarnation %s: republishing outbox from id %d", incarnation, start + 1)
+        await conn.execute(
+            """
+            INSERT INTO relay_position (name, last_id, broker_incarnation) VALUES ($1, $2, $3)
+            ON CONFLICT (name) DO UPDATE SET last_id = $2, broker_incarnation = $3, updated_at = now()
+            """,
+            self.name,
+            start,
+            incarnation,
+        )
+        return start
+
+    async def _prune(self, conn: asyncpg.Connection) -> None:
+        """Drop published rows older than the retention (they also serve as the event-id dedup window)."""
+        await conn.execute(
+            """
+            DELETE FROM outbox WHERE created_at < now() - $1::interval
+              AND id <= (SELECT last_id FROM relay_position WHERE name = $2)
+            """,
+            self.retention,
+            self.name,
+        )

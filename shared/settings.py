@@ -1,0 +1,56 @@
+"""One validated settings object, read from the environment (prefix-free names, as operators expect)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore")
+
+    environment: str = Field(default="development", alias="ICC_ENV")
+    data_dir: Path = Field(default=Path(".data"), alias="ICC_DATA_DIR")
+    # Empty means "use the embedded server that `icc up` started" (its address is in the data folder).
+    database_url: str = Field(default="", alias="DATABASE_URL")
+    kafka_bootstrap: str = Field(default="", alias="KAFKA_BOOTSTRAP")
+    org_file: Path = Field(default=Path("deploy/org/sample-icb.yaml"), alias="ICC_ORG_FILE")
+    secrets_file: Path | None = Field(default=None, alias="ICC_SECRETS_FILE")
+
+    host: str = Field(default="127.0.0.1", alias="ICC_HOST")
+    ingest_port: int = Field(default=8701, alias="ICC_INGEST_PORT")
+    command_centre_port: int = Field(default=8702, alias="ICC_COMMAND_CENTRE_PORT")
+    gateway_port: int = Field(default=8703, alias="ICC_GATEWAY_PORT")
+    broker_port: int = Field(default=9092, alias="ICC_BROKER_PORT")
+
+    topic_partitions: int = Field(default=6, alias="ICC_TOPIC_PARTITIONS")
+    outbox_retention_hours: float = Field(default=24.0, alias="ICC_OUTBOX_RETENTION_HOURS")
+    max_body_bytes: int = Field(default=1_048_576, alias="ICC_MAX_BODY_BYTES")
+    webhook_max_skew_seconds: int = Field(default=300, alias="ICC_WEBHOOK_MAX_SKEW_SECONDS")
+    consumer_group: str = Field(default="icc-command-centre", alias="ICC_CONSUMER_GROUP")
+
+    @model_validator(mode="after")
+    def _no_dev_defaults_in_production(self) -> Settings:
+        if self.environment == "production":
+            if not self.database_url or not self.kafka_bootstrap:
+                raise ValueError("production needs DATABASE_URL and KAFKA_BOOTSTRAP; embedded servers are for development")
+            if self.secrets_file is None:
+                raise ValueError("production needs ICC_SECRETS_FILE; generated development secrets are refused")
+        return self
+
+    @property
+    def resolved_secrets_file(self) -> Path:
+        return self.secrets_file or self.data_dir / "secrets.json"
+
+    @property
+    def endpoints_file(self) -> Path:
+        """Where `icc up` writes the addresses of the embedded database and broker it started."""
+        return self.data_dir / "endpoints.json"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

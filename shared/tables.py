@@ -1,0 +1,105 @@
+"""The database schema (SQLModel tables). Alembic migrations under shared/migrations create them.
+
+Hot paths use asyncpg directly for batched statements; these classes are the single description
+of the schema that migrations are written against.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, DateTime, Index, LargeBinary, PrimaryKeyConstraint, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(sa_column=Column(DateTime(timezone=True), server_default=text("now()"), nullable=False, **kw))
+
+
+class RawMessage(SQLModel, table=True):
+    """Every accepted inbound message, byte for byte, with how many events it produced."""
+
+    __tablename__ = "raw_message"
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    source: str
+    endpoint: str
+    content_type: str
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    event_count: int
+    received_at: datetime = _ts()
+
+
+class Quarantine(SQLModel, table=True):
+    """Rejected inbound messages, kept raw with the problem that was answered."""
+
+    __tablename__ = "quarantine"
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    source: str | None = None
+    endpoint: str
+    content_type: str
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    status_code: int
+    problem: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    received_at: datetime = _ts()
+
+
+class Outbox(SQLModel, table=True):
+    """Events waiting for (or kept after) publication. `id` order is commit order (see outbox.py)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_created_at", "created_at"),)
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    event_id: uuid.UUID = Field(unique=True)
+    topic: str
+    key: str
+    value: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = _ts()
+
+
+class RelayPosition(SQLModel, table=True):
+    __tablename__ = "relay_position"
+    name: str = Field(primary_key=True)
+    last_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    broker_incarnation: str
+    updated_at: datetime = _ts()
+
+
+class ConsumerOffset(SQLModel, table=True):
+    """A consumer group's position, written in the same transaction as what it applied."""
+
+    __tablename__ = "consumer_offset"
+    __table_args__ = (PrimaryKeyConstraint("group_id", "topic", "partition"),)
+    group_id: str
+    topic: str
+    partition: int
+    next_offset: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # Highest outbox id applied from this partition: replays and broker resets skip anything at or below it.
+    outbox_hw: int = Field(sa_column=Column(BigInteger, nullable=False))
+    broker_incarnation: str
+    updated_at: datetime = _ts()
+
+
+class BedState(SQLModel, table=True):
+    __tablename__ = "bed_state"
+    __table_args__ = (Index("ix_bed_state_site", "site_id"),)
+    bed_id: str = Field(primary_key=True)
+    site_id: str
+    ward_id: str
+    status: str
+    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    event_id: uuid.UUID
+    updated_at: datetime = _ts()
+
+
+class WardState(SQLModel, table=True):
+    __tablename__ = "ward_state"
+    __table_args__ = (Index("ix_ward_state_site", "site_id"),)
+    ward_id: str = Field(primary_key=True)
+    site_id: str
+    system_id: str
+    version: int = Field(sa_column=Column(BigInteger, nullable=False))
+    summary: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    updated_at: datetime = _ts()
