@@ -1,0 +1,72 @@
+"""Small clients the tests share: a signed webhook poster and a stream subscriber."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+import websockets
+
+from shared.auth import SOURCE_HEADER, Role, mint_token, sign_webhook
+from shared.secrets_store import Secrets
+
+
+def bed_event(bed_id: str, status: str, *, at: datetime | None = None, event_id: uuid.UUID | None = None) -> dict[str, Any]:
+    site_id, ward_code = bed_id.split("-")[0], bed_id.split("-")[1]
+    body: dict[str, Any] = {
+        "site_id": site_id,
+        "ward_id": f"{site_id}-{ward_code}",
+        "bed_id": bed_id,
+        "status": status,
+        "occurred_at": (at or datetime.now(UTC)).isoformat(),
+    }
+    if event_id is not None:
+        body["event_id"] = str(event_id)
+    return body
+
+
+async def post_signed(
+    client: httpx.AsyncClient, url: str, secrets: Secrets, body: dict[str, Any] | bytes, source: str = "bedmgmt"
+) -> httpx.Response:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    headers = {"content-type": "application/json", SOURCE_HEADER: source, **sign_webhook(secrets.webhook_secrets[source], raw)}
+    return await client.post(url, content=raw, headers=headers)
+
+
+def token(secrets: Secrets, role: Role, *scopes: str) -> str:
+    return mint_token(secrets.jwt_secret, subject=f"test-{role.value}", role=role, scopes=list(scopes))
+
+
+class StreamClient:
+    """A real WebSocket client of `/v1/stream`."""
+
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def connect(cls, gateway_url: str, jwt: str, scope: str) -> StreamClient:
+        ws = await websockets.connect(gateway_url.replace("http", "ws", 1) + "/v1/stream")
+        client = cls(ws)
+        await ws.send(orjson.dumps({"type": "auth", "token": jwt}).decode())
+        ready = await client.next("ready")
+        assert scope in ready["scopes"] or ready["scopes"], ready
+        await ws.send(orjson.dumps({"type": "subscribe", "scope": scope}).decode())
+        return client
+
+    async def next(self, *types: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The next message of one of `types`, skipping heartbeats."""
+        import asyncio
+
+        async with asyncio.timeout(timeout):
+            while True:
+                message = orjson.loads(await self.ws.recv())
+                if message["type"] in types:
+                    return message
+                if message["type"] == "error":
+                    raise AssertionError(message)
+
+    async def close(self) -> None:
+        await self.ws.close()
