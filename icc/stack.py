@@ -52,7 +52,9 @@ class Stack:
 
     def port_of(self, service: str) -> int:
         s = self.settings
-        return {"ingest": s.ingest_port, "command-centre": s.command_centre_port, "gateway": s.gateway_port}[service]
+        return {"ingest": s.ingest_port, "command-centre": s.command_centre_port, "gateway": s.gateway_port}[
+            service
+        ]
 
     def url_of(self, service: str) -> str:
         return f"http://{self.settings.host}:{self.port_of(service)}"
@@ -108,7 +110,9 @@ class Stack:
         while True:
             process = self.processes.get(service)
             if process is not None and process.poll() is not None:
-                raise RuntimeError(f"{service} exited with {process.returncode}; see {self.data_dir}/logs/{service}.log")
+                raise RuntimeError(
+                    f"{service} exited with {process.returncode}; see {self.data_dir}/logs/{service}.log"
+                )
             try:
                 if httpx.get(f"{self.url_of(service)}/readyz", timeout=5).status_code == 200:
                     return

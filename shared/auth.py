@@ -59,14 +59,15 @@ def covers(granted: Scope, wanted: Scope, org: Organisation) -> bool:
     if granted == wanted:
         return True
     if granted.tier is Tier.system:
-        return granted.id == org.system.id and _exists(wanted, org)
+        return granted.id == org.system.id and exists(wanted, org)
     if granted.tier is Tier.site and wanted.tier is Tier.ward:
         ward = org.wards.get(wanted.id)
         return ward is not None and ward.site_id == granted.id
     return False
 
 
-def _exists(scope: Scope, org: Organisation) -> bool:
+def exists(scope: Scope, org: Organisation) -> bool:
+    """Whether the scope names a place in the organisation model."""
     if scope.tier is Tier.system:
         return scope.id == org.system.id
     if scope.tier is Tier.site:

@@ -199,7 +199,9 @@ class StoredOffsetConsumer:
             except (ValidationError, ValueError) as exc:
                 dead.append(_dead_letter(record, f"undecodable: {exc}"))
                 continue
-            deliveries.append(Delivery(record.topic, record.partition, record.offset, outbox_id or 0, envelope))
+            deliveries.append(
+                Delivery(record.topic, record.partition, record.offset, outbox_id or 0, envelope)
+            )
 
         for attempt in range(1, self.max_attempts + 1):
             try:

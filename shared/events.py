@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 import uuid_utils.compat as uuid_compat
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -103,6 +103,14 @@ class Envelope(BaseModel):
     entity_id: str
     correlation_id: uuid.UUID | None = None
     payload: Payload
+
+    @model_validator(mode="after")
+    def _type_matches_payload(self) -> Envelope:
+        if self.event_type != self.payload.event_type:
+            raise ValueError(
+                f"event_type {self.event_type!r} disagrees with payload type {self.payload.event_type!r}"
+            )
+        return self
 
     @classmethod
     def wrap(cls, payload: BedStatusChanged | WardStateChanged, **fields: Any) -> Envelope:

@@ -64,7 +64,9 @@ class Ward(BaseModel):
     @model_validator(mode="after")
     def _has_beds(self) -> Ward:
         if self.beds and (self.bays or self.side_rooms or self.escalation_beds):
-            raise ValueError("give either an explicit `beds` list or bay/side-room/escalation counts, not both")
+            raise ValueError(
+                "give either an explicit `beds` list or bay/side-room/escalation counts, not both"
+            )
         if not self.beds and self.bays * self.beds_per_bay + self.side_rooms + self.escalation_beds == 0:
             raise ValueError("a ward needs at least one bed")
         return self
@@ -150,7 +152,15 @@ class Organisation(BaseModel):
 
     @cached_property
     def beds(self) -> dict[str, Bed]:
-        return {b.id: b for w in self.wards.values() for b in w.bed_list}
+        beds: dict[str, Bed] = {}
+        for ward in self.wards.values():
+            for bed in ward.bed_list:
+                if bed.id in beds:
+                    raise ValueError(
+                        f"bed id {bed.id} arises in both ward {beds[bed.id].ward_id} and ward {ward.id}"
+                    )
+                beds[bed.id] = bed
+        return beds
 
     def site_of_ward(self, ward_id: str) -> Site:
         return self.sites_by_id[self.wards[ward_id].site_id]

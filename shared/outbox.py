@@ -23,7 +23,7 @@ from datetime import timedelta
 import asyncpg
 from aiokafka.errors import KafkaError
 
-from shared.kafka import EVENT_TYPE_HEADER, OUTBOX_ID_HEADER, IncarnationProbe, producer
+from shared.kafka import OUTBOX_ID_HEADER, IncarnationProbe, producer
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set: elect, then relay; on any broker or database failure, back off and retry."""
+        """Run until `stop` is set: elect, then relay; on a broker or database failure, back off and retry."""
         backoff = 0.2
         while not stop.is_set():
             try:

@@ -16,7 +16,14 @@ PROBLEM_BASE = "https://icc.invalid/problems/"
 
 class Problem(Exception):
     def __init__(
-        self, status: int, kind: str, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+        self,
+        status: int,
+        kind: str,
+        title: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -45,7 +52,9 @@ def validation_problem(exc: ValidationError | RequestValidationError) -> Problem
         for err in exc.errors()
     ]
     fields = ", ".join(e["field"] for e in errors)
-    return Problem(422, "validation", "Request body is not valid", f"invalid field(s): {fields}", errors=errors)
+    return Problem(
+        422, "validation", "Request body is not valid", f"invalid field(s): {fields}", errors=errors
+    )
 
 
 def response(problem: Problem, request: Request | None = None) -> ORJSONResponse:

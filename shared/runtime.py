@@ -9,7 +9,7 @@ import asyncpg
 from fastapi import Depends, Request
 from fastapi.responses import ORJSONResponse
 
-from shared.auth import AuthError, Principal, Scope, verify_token
+from shared.auth import AuthError, Principal, Scope, exists, verify_token
 from shared.db import create_pool, ping
 from shared.kafka import broker_ready
 from shared.organisation import Organisation, load_organisation
@@ -72,7 +72,10 @@ def current_user(request: Request) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Problem(
-            401, "unauthenticated", "Authentication required", "send Authorization: Bearer <token>",
+            401,
+            "unauthenticated",
+            "Authentication required",
+            "send Authorization: Bearer <token>",
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
@@ -89,12 +92,7 @@ CurrentRuntime = Annotated[Runtime, Depends(runtime_of)]
 
 def require_scope(user: Principal, runtime: Runtime, scope: Scope) -> None:
     """404 for a place that does not exist, 403 for one the token does not cover."""
-    known = {
-        "system": lambda i: i == runtime.org.system.id,
-        "site": lambda i: i in runtime.org.sites_by_id,
-        "ward": lambda i: i in runtime.org.wards,
-    }[scope.tier.value](scope.id)
-    if not known:
+    if not exists(scope, runtime.org):
         raise Problem(404, "not-found", "No such place", f"{scope} is not in the organisation model")
     if not user.may_see(scope, runtime.org):
         raise Problem(403, "forbidden", "Outside your scope", f"your token does not cover {scope}")

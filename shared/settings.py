@@ -36,9 +36,13 @@ class Settings(BaseSettings):
     def _no_dev_defaults_in_production(self) -> Settings:
         if self.environment == "production":
             if not self.database_url or not self.kafka_bootstrap:
-                raise ValueError("production needs DATABASE_URL and KAFKA_BOOTSTRAP; embedded servers are for development")
+                raise ValueError(
+                    "production needs DATABASE_URL and KAFKA_BOOTSTRAP; embedded servers are for development"
+                )
             if self.secrets_file is None:
-                raise ValueError("production needs ICC_SECRETS_FILE; generated development secrets are refused")
+                raise ValueError(
+                    "production needs ICC_SECRETS_FILE; generated development secrets are refused"
+                )
         return self
 
     @property

@@ -16,7 +16,9 @@ from sqlmodel import Field, SQLModel
 
 
 def _ts(**kw: Any) -> Any:
-    return Field(sa_column=Column(DateTime(timezone=True), server_default=text("now()"), nullable=False, **kw))
+    return Field(
+        sa_column=Column(DateTime(timezone=True), server_default=text("now()"), nullable=False, **kw)
+    )
 
 
 class RawMessage(SQLModel, table=True):

@@ -85,7 +85,9 @@ def test_secrets(secrets_file: Path) -> Secrets:
     return Secrets.model_validate_json(secrets_file.read_bytes())
 
 
-def make_settings(tmp_path: Path, database_url: str, bootstrap: str, secrets_file: Path, **extra: Any) -> Settings:
+def make_settings(
+    tmp_path: Path, database_url: str, bootstrap: str, secrets_file: Path, **extra: Any
+) -> Settings:
     values: dict[str, Any] = {
         "ICC_DATA_DIR": tmp_path / "data",
         "DATABASE_URL": database_url,
@@ -123,7 +125,9 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 30.0, interval: float = 0.1) -> T:
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], timeout: float = 30.0, interval: float = 0.1
+) -> T:
     """Poll `check` until it returns something truthy (the thing under test is asynchronous by design)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

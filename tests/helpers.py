@@ -14,7 +14,9 @@ from shared.auth import SOURCE_HEADER, Role, mint_token, sign_webhook
 from shared.secrets_store import Secrets
 
 
-def bed_event(bed_id: str, status: str, *, at: datetime | None = None, event_id: uuid.UUID | None = None) -> dict[str, Any]:
+def bed_event(
+    bed_id: str, status: str, *, at: datetime | None = None, event_id: uuid.UUID | None = None
+) -> dict[str, Any]:
     site_id, ward_code = bed_id.split("-")[0], bed_id.split("-")[1]
     body: dict[str, Any] = {
         "site_id": site_id,
@@ -29,10 +31,18 @@ def bed_event(bed_id: str, status: str, *, at: datetime | None = None, event_id:
 
 
 async def post_signed(
-    client: httpx.AsyncClient, url: str, secrets: Secrets, body: dict[str, Any] | bytes, source: str = "bedmgmt"
+    client: httpx.AsyncClient,
+    url: str,
+    secrets: Secrets,
+    body: dict[str, Any] | bytes,
+    source: str = "bedmgmt",
 ) -> httpx.Response:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    headers = {"content-type": "application/json", SOURCE_HEADER: source, **sign_webhook(secrets.webhook_secrets[source], raw)}
+    headers = {
+        "content-type": "application/json",
+        SOURCE_HEADER: source,
+        **sign_webhook(secrets.webhook_secrets[source], raw),
+    }
     return await client.post(url, content=raw, headers=headers)
 
 

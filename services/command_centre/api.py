@@ -33,7 +33,12 @@ def _site_view(runtime: Runtime, site_id: str, states: dict[str, WardStateChange
         "name": site.name,
         "totals": site_totals(wards),
         "wards": [
-            {"name": w.name, "type": w.type.value, "specialty": w.specialty, **states[w.id].model_dump(mode="json")}
+            {
+                "name": w.name,
+                "type": w.type.value,
+                "specialty": w.specialty,
+                **states[w.id].model_dump(mode="json"),
+            }
             for w in site.wards
         ],
     }
@@ -54,7 +59,9 @@ async def ward_state(ward_id: str, runtime: CurrentRuntime, user: CurrentUser) -
     return {"name": ward.name, "type": ward.type.value, **states[ward_id].model_dump(mode="json")}
 
 
-@router.get("/v1/systems/{system_id}/state", summary="Live state of the system (ICB), rolled up from its sites")
+@router.get(
+    "/v1/systems/{system_id}/state", summary="Live state of the system (ICB), rolled up from its sites"
+)
 async def system_state(system_id: str, runtime: CurrentRuntime, user: CurrentUser) -> dict[str, Any]:
     require_scope(user, runtime, Scope(Tier.system, system_id))
     site_ids = [s.id for s in runtime.org.sites]

@@ -16,7 +16,6 @@ from shared.events import BedStatus, WardBedCounts, WardStateChanged
 from shared.organisation import Ward
 
 
-
 class Applied(Enum):
     stale = "stale"  # older than what the bed shows: ignored
     recorded = "recorded"  # newer, same status: only the bed's time moves on
@@ -84,4 +83,3 @@ def site_totals(wards: list[WardStateChanged]) -> dict[str, int]:
             totals[status] += n
     totals["open_beds"] = totals["beds_total"] - totals[BedStatus.closed.value]
     return totals
-

@@ -40,11 +40,16 @@ class BedProjection:
         for ward_id in missing:
             self.boards[ward_id] = WardBoard(ward=self.org.wards[ward_id], system_id=self.org.system.id)
         for row in await conn.fetch(
-            "SELECT ward_id, bed_id, status, occurred_at, event_id FROM bed_state WHERE ward_id = any($1)", missing
+            "SELECT ward_id, bed_id, status, occurred_at, event_id FROM bed_state WHERE ward_id = any($1)",
+            missing,
         ):
             board = self.boards[row["ward_id"]]
-            board.apply(row["bed_id"], BedRecord(BedStatus(row["status"]), row["occurred_at"], row["event_id"]))
-        for row in await conn.fetch("SELECT ward_id, version FROM ward_state WHERE ward_id = any($1)", missing):
+            board.apply(
+                row["bed_id"], BedRecord(BedStatus(row["status"]), row["occurred_at"], row["event_id"])
+            )
+        for row in await conn.fetch(
+            "SELECT ward_id, version FROM ward_state WHERE ward_id = any($1)", missing
+        ):
             self.boards[row["ward_id"]].version = row["version"]
 
     async def apply(self, conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> None:
@@ -56,7 +61,9 @@ class BedProjection:
             bed = self.org.beds.get(payload.bed_id)
             if bed is None or bed.ward_id != payload.ward_id:
                 # ingest validated it against its own copy of the organisation file; ours differs
-                log.warning("bed %s of ward %s not in this organisation model", payload.bed_id, payload.ward_id)
+                log.warning(
+                    "bed %s of ward %s not in this organisation model", payload.bed_id, payload.ward_id
+                )
                 self.ignored += 1
                 continue
             changes.append((delivery.envelope, payload))
@@ -99,12 +106,19 @@ class BedProjection:
             site_id = board.ward.site_id
             rows.append((ward_id, site_id, board.system_id, board.version, summary.model_dump(mode="json")))
             envelope = Envelope.wrap(
-                summary, occurred_at=summary.as_of, recorded_at=utcnow(), source="command-centre",
-                site_id=site_id, entity_id=ward_id,
+                summary,
+                occurred_at=summary.as_of,
+                recorded_at=utcnow(),
+                source="command-centre",
+                site_id=site_id,
+                entity_id=ward_id,
             )
             deltas.append(
                 OutboxEvent(
-                    envelope.event_id, topics.STATE.name, state_key(site_id, ward_id), envelope.to_json(),
+                    envelope.event_id,
+                    topics.STATE.name,
+                    state_key(site_id, ward_id),
+                    envelope.to_json(),
                     envelope.event_type,
                 )
             )

@@ -62,7 +62,11 @@ class LiveState:
         if publish:
             ward = self.org.wards.get(ward_id)
             if ward is not None:
-                for scope in (Scope(Tier.ward, ward_id), Scope(Tier.site, ward.site_id), Scope(Tier.system, self.org.system.id)):
+                for scope in (
+                    Scope(Tier.ward, ward_id),
+                    Scope(Tier.site, ward.site_id),
+                    Scope(Tier.system, self.org.system.id),
+                ):
                     self._publish(scope, summary)
         return True
 
@@ -71,7 +75,9 @@ class LiveState:
         self.seq[scope] += 1
         if not watchers:
             return
-        frame = orjson.dumps({"type": "delta", "scope": str(scope), "seq": self.seq[scope], "ward": summary}).decode()
+        frame = orjson.dumps(
+            {"type": "delta", "scope": str(scope), "seq": self.seq[scope], "ward": summary}
+        ).decode()
         for subscriber in watchers:
             subscriber.offer(frame)
 

@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from services.gateway.live_state import CLOSE_TOO_SLOW, LiveState, Subscriber
-from shared.auth import AuthError, Principal, Scope, verify_token
+from shared.auth import AuthError, Principal, Scope, exists, verify_token
 from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ async def _authenticate(ws: WebSocket, runtime: Runtime) -> Principal | None:
     try:
         message = await _receive_json(ws, AUTH_TIMEOUT_SECONDS)
         if message["type"] != "auth" or not isinstance(message.get("token"), str):
-            raise AuthError("the first message must be {\"type\": \"auth\", \"token\": ...}")
+            raise AuthError('the first message must be {"type": "auth", "token": ...}')
         return verify_token(runtime.secrets.jwt_secret, message["token"])
     except (AuthError, ValueError, TimeoutError) as exc:
         reason = exc.detail if isinstance(exc, AuthError) else str(exc) or "authentication timed out"
@@ -91,7 +91,7 @@ async def stream(ws: WebSocket) -> None:
                 except ValueError as exc:
                     await ws.close(CLOSE_BAD_MESSAGE, str(exc)[:120])
                     return
-                if not _exists(scope, runtime) or not principal.may_see(scope, runtime.org):
+                if not exists(scope, runtime.org) or not principal.may_see(scope, runtime.org):
                     await ws.close(CLOSE_FORBIDDEN, f"scope {scope} not allowed for this token"[:120])
                     return
                 subscriber.offer(live.subscribe(subscriber, scope))
@@ -109,12 +109,3 @@ async def stream(ws: WebSocket) -> None:
         live.unsubscribe(subscriber)
         sender.cancel()
         slow.cancel()
-
-
-def _exists(scope: Scope, runtime: Runtime) -> bool:
-    org = runtime.org
-    return {
-        "system": scope.id == org.system.id,
-        "site": scope.id in org.sites_by_id,
-        "ward": scope.id in org.wards,
-    }[scope.tier.value]

@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-async def _quarantine(runtime: Runtime, request: Request, body: bytes, source: str | None, problem: Problem) -> None:
+async def _quarantine(
+    runtime: Runtime, request: Request, body: bytes, source: str | None, problem: Problem
+) -> None:
     await runtime.db.execute(
         "INSERT INTO quarantine (source, endpoint, content_type, body, status_code, problem) "
         "VALUES ($1, $2, $3, $4, $5, $6)",
@@ -48,7 +50,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     "/v1/bed-events",
     status_code=202,
     summary="Report one bed's new status (HMAC-signed webhook)",
-    openapi_extra={"requestBody": {"content": {"application/json": {"schema": BedEventIn.model_json_schema()}}}},
+    openapi_extra={
+        "requestBody": {"content": {"application/json": {"schema": BedEventIn.model_json_schema()}}}
+    },
     responses={202: {"description": "committed; will reach the live state"}, 401: {}, 413: {}, 422: {}},
 )
 async def post_bed_event(request: Request, runtime: CurrentRuntime) -> ORJSONResponse:
@@ -91,7 +95,9 @@ async def list_quarantine(
     runtime: CurrentRuntime, user: CurrentUser, limit: int = 50, before_id: int | None = None
 ) -> dict[str, Any]:
     if user.role is not Role.admin:
-        raise Problem(403, "forbidden", "Admins only", "the quarantine holds raw messages; it needs the admin role")
+        raise Problem(
+            403, "forbidden", "Admins only", "the quarantine holds raw messages; it needs the admin role"
+        )
     rows = await runtime.db.fetch(
         "SELECT id, source, endpoint, content_type, status_code, problem, received_at, length(body) AS size "
         "FROM quarantine WHERE ($1::bigint IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",

@@ -31,14 +31,18 @@ def to_event(body: BedEventIn, *, source: str, org: Organisation) -> OutboxEvent
     ward = org.wards.get(body.ward_id)
     if ward is None or ward.site_id != body.site_id:
         raise Problem(
-            422, "unknown-location", "Unknown location",
+            422,
+            "unknown-location",
+            "Unknown location",
             f"ward {body.ward_id!r} is not a ward of site {body.site_id!r}",
             errors=[{"field": "ward_id", "message": "not in the organisation model for this site"}],
         )
     bed = org.beds.get(body.bed_id)
     if bed is None or bed.ward_id != ward.id:
         raise Problem(
-            422, "unknown-location", "Unknown location",
+            422,
+            "unknown-location",
+            "Unknown location",
             f"bed {body.bed_id!r} is not a bed of ward {ward.id!r}",
             errors=[{"field": "bed_id", "message": "not in the organisation model for this ward"}],
         )
@@ -53,4 +57,6 @@ def to_event(body: BedEventIn, *, source: str, org: Organisation) -> OutboxEvent
         site_id=body.site_id,
         entity_id=bed.id,
     )
-    return OutboxEvent(envelope.event_id, topics.BEDS.name, body.site_id, envelope.to_json(), envelope.event_type)
+    return OutboxEvent(
+        envelope.event_id, topics.BEDS.name, body.site_id, envelope.to_json(), envelope.event_type
+    )

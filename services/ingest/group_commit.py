@@ -27,7 +27,9 @@ class Inbound:
     content_type: str
     body: bytes
     events: Sequence[OutboxEvent]
-    done: asyncio.Future[set[uuid.UUID]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[set[uuid.UUID]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class GroupCommitWriter:

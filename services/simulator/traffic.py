@@ -61,7 +61,11 @@ class Simulator:
 
     async def post(self, client: httpx.AsyncClient, bed_id: str, status: BedStatus) -> bool:
         body = self._body(bed_id, status)
-        headers = {"content-type": "application/json", SOURCE_HEADER: self.source, **sign_webhook(self.secret, body)}
+        headers = {
+            "content-type": "application/json",
+            SOURCE_HEADER: self.source,
+            **sign_webhook(self.secret, body),
+        }
         try:
             response = await client.post(f"{self.ingest_url}/v1/bed-events", content=body, headers=headers)
         except httpx.HTTPError as exc:

@@ -24,7 +24,8 @@ WARD = "RXN01-AMU"
 async def ward_state(client: httpx.AsyncClient, stack: Stack, secrets: Secrets, ward_id: str = WARD) -> dict:
     jwt = token(secrets, Role.site_manager, "site:RXN01")
     response = await client.get(
-        f"{stack.url_of('command-centre')}/v1/wards/{ward_id}/state", headers={"Authorization": f"Bearer {jwt}"}
+        f"{stack.url_of('command-centre')}/v1/wards/{ward_id}/state",
+        headers={"Authorization": f"Bearer {jwt}"},
     )
     assert response.status_code == 200, response.text
     return response.json()
@@ -32,15 +33,21 @@ async def ward_state(client: httpx.AsyncClient, stack: Stack, secrets: Secrets, 
 
 async def test_bed_event_reaches_websocket_and_rest(stack: Stack, test_secrets: Secrets) -> None:
     gateway = stack.url_of("gateway")
-    site_watcher = await StreamClient.connect(gateway, token(test_secrets, Role.wall_display, "site:RXN01"), "site:RXN01")
-    system_watcher = await StreamClient.connect(gateway, token(test_secrets, Role.wall_display, "system:QXN"), "system:QXN")
+    site_watcher = await StreamClient.connect(
+        gateway, token(test_secrets, Role.wall_display, "site:RXN01"), "site:RXN01"
+    )
+    system_watcher = await StreamClient.connect(
+        gateway, token(test_secrets, Role.wall_display, "system:QXN"), "system:QXN"
+    )
     snapshot = await site_watcher.next("snapshot")
     assert snapshot["scope"] == "site:RXN01"
     assert {w["id"] for s in snapshot["organisation"]["sites"] for w in s["wards"]} >= {WARD}
     await system_watcher.next("snapshot")
 
     async with httpx.AsyncClient() as client:
-        response = await post_signed(client, f"{stack.url_of('ingest')}/v1/bed-events", test_secrets, bed_event(BED, "occupied"))
+        response = await post_signed(
+            client, f"{stack.url_of('ingest')}/v1/bed-events", test_secrets, bed_event(BED, "occupied")
+        )
         assert response.status_code == 202, response.text
         assert response.json()["duplicate"] is False
 
@@ -70,12 +77,16 @@ async def test_same_event_twice_changes_state_once(stack: Stack, test_secrets: S
         assert (first.json()["duplicate"], second.json()["duplicate"]) == (False, True)
         assert first.json()["event_id"] == second.json()["event_id"] == event["event_id"]
 
-        state = await eventually(lambda: _when(ward_state(client, stack, test_secrets), lambda s: s["version"] >= 1))
+        state = await eventually(
+            lambda: _when(ward_state(client, stack, test_secrets), lambda s: s["version"] >= 1)
+        )
         # a later, different event proves the pipeline has moved past the duplicate
         marker = await post_signed(client, url, test_secrets, bed_event("RXN01-AMU-B1-2", "occupied"))
         assert marker.status_code == 202
         state = await eventually(
-            lambda: _when(ward_state(client, stack, test_secrets), lambda s: s["beds"]["RXN01-AMU-B1-2"] == "occupied")
+            lambda: _when(
+                ward_state(client, stack, test_secrets), lambda s: s["beds"]["RXN01-AMU-B1-2"] == "occupied"
+            )
         )
         assert state["version"] == 2  # one change for the duplicated event, one for the marker
         assert state["beds"][BED] == "closed"
@@ -85,20 +96,36 @@ async def test_late_event_is_applied_by_event_time(stack: Stack, test_secrets: S
     now = datetime.now(UTC)
     async with httpx.AsyncClient() as client:
         url = f"{stack.url_of('ingest')}/v1/bed-events"
-        assert (await post_signed(client, url, test_secrets, bed_event(BED, "housekeeping", at=now))).status_code == 202
+        assert (
+            await post_signed(client, url, test_secrets, bed_event(BED, "housekeeping", at=now))
+        ).status_code == 202
         # arrives later but happened earlier: must not overwrite the newer status
-        assert (await post_signed(client, url, test_secrets, bed_event(BED, "occupied", at=now - timedelta(minutes=5)))).status_code == 202
-        assert (await post_signed(client, url, test_secrets, bed_event("RXN01-AMU-B1-3", "closed", at=now))).status_code == 202
+        assert (
+            await post_signed(
+                client, url, test_secrets, bed_event(BED, "occupied", at=now - timedelta(minutes=5))
+            )
+        ).status_code == 202
+        assert (
+            await post_signed(client, url, test_secrets, bed_event("RXN01-AMU-B1-3", "closed", at=now))
+        ).status_code == 202
         state = await eventually(
-            lambda: _when(ward_state(client, stack, test_secrets), lambda s: s["beds"]["RXN01-AMU-B1-3"] == "closed")
+            lambda: _when(
+                ward_state(client, stack, test_secrets), lambda s: s["beds"]["RXN01-AMU-B1-3"] == "closed"
+            )
         )
         assert state["beds"][BED] == "housekeeping"
 
 
-async def test_bad_input_gets_problem_json_and_is_quarantined(stack: Stack, test_secrets: Secrets, db) -> None:
+async def test_bad_input_gets_problem_json_and_is_quarantined(
+    stack: Stack, test_secrets: Secrets, db
+) -> None:
     url = f"{stack.url_of('ingest')}/v1/bed-events"
     async with httpx.AsyncClient() as client:
-        unsigned = await client.post(url, content=orjson.dumps(bed_event(BED, "occupied")), headers={"content-type": "application/json"})
+        unsigned = await client.post(
+            url,
+            content=orjson.dumps(bed_event(BED, "occupied")),
+            headers={"content-type": "application/json"},
+        )
         assert unsigned.status_code == 401
         assert unsigned.headers["content-type"] == "application/problem+json"
         assert "X-ICC-Source" in unsigned.json()["detail"]
@@ -122,11 +149,15 @@ async def test_bad_input_gets_problem_json_and_is_quarantined(stack: Stack, test
         assert too_big.status_code == 413
 
         admin = token(test_secrets, Role.admin, "system:QXN")
-        listed = await client.get(f"{stack.url_of('ingest')}/v1/quarantine", headers={"Authorization": f"Bearer {admin}"})
+        listed = await client.get(
+            f"{stack.url_of('ingest')}/v1/quarantine", headers={"Authorization": f"Bearer {admin}"}
+        )
         assert listed.status_code == 200
         assert [i["status_code"] for i in listed.json()["items"]] == [413, 422, 422, 422, 401]
         nurse = token(test_secrets, Role.ward_nurse, f"ward:{WARD}")
-        forbidden = await client.get(f"{stack.url_of('ingest')}/v1/quarantine", headers={"Authorization": f"Bearer {nurse}"})
+        forbidden = await client.get(
+            f"{stack.url_of('ingest')}/v1/quarantine", headers={"Authorization": f"Bearer {nurse}"}
+        )
         assert forbidden.status_code == 403
 
     bodies = [r["body"] for r in await db.fetch("SELECT body FROM quarantine ORDER BY id")]
@@ -146,9 +177,14 @@ async def test_rest_and_stream_enforce_scopes(stack: Stack, test_secrets: Secret
         anonymous = await client.get(f"{cc}/v1/sites/RXN01/state")
         assert anonymous.status_code == 401
         manager = token(test_secrets, Role.site_manager, "site:RXN02")
-        other_site = await client.get(f"{cc}/v1/sites/RXN01/state", headers={"Authorization": f"Bearer {manager}"})
+        other_site = await client.get(
+            f"{cc}/v1/sites/RXN01/state", headers={"Authorization": f"Bearer {manager}"}
+        )
         assert other_site.status_code == 403
-        system = await client.get(f"{cc}/v1/systems/QXN/state", headers={"Authorization": f"Bearer {token(test_secrets, Role.icb_analyst, 'system:QXN')}"})
+        system = await client.get(
+            f"{cc}/v1/systems/QXN/state",
+            headers={"Authorization": f"Bearer {token(test_secrets, Role.icb_analyst, 'system:QXN')}"},
+        )
         assert system.status_code == 200
         assert system.json()["totals"]["beds_total"] == 562
 

@@ -188,7 +188,9 @@ def test_token_round_trip_keeps_subject_role_and_scopes(secret: str) -> None:
 
 def test_token_claims(secret: str) -> None:
     before = int(time.time())
-    token = mint_token(secret, subject="wall-1", role=Role.wall_display, scopes=["site:RXN01"], ttl_seconds=60)
+    token = mint_token(
+        secret, subject="wall-1", role=Role.wall_display, scopes=["site:RXN01"], ttl_seconds=60
+    )
     claims = jwt.decode(token, secret, algorithms=[JWT_ALGORITHM], issuer="icc")
     assert claims["role"] == "wall_display"
     assert claims["scopes"] == ["site:RXN01"]

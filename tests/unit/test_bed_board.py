@@ -137,23 +137,24 @@ def test_summary_of_an_empty_board_counts_every_bed_unoccupied(board: WardBoard)
 def test_summary_counts(board: WardBoard) -> None:
     board.apply("S1-W1-B1-1", rec(BedStatus.occupied, 1))
     board.apply("S1-W1-B1-2", rec(BedStatus.closed, 2))
-    board.apply("S1-W1-B1-3", rec(BedStatus.occupied, 3))
+    board.apply("S1-W1-B1-3", rec(BedStatus.housekeeping, 3))
     board.version = 5
 
     summary = board.summary()
 
     assert summary.beds_total == 4
-    assert summary.counts.occupied == 2
+    assert summary.counts.occupied == 1
     assert summary.counts.closed == 1
+    assert summary.counts.housekeeping == 1
     assert summary.counts.unoccupied == 1  # B1-4 never reported
-    assert summary.counts.housekeeping == summary.counts.isolated == summary.counts.contaminated == 0
+    assert summary.counts.isolated == summary.counts.contaminated == 0
     assert summary.available == summary.counts.unoccupied == 1
     assert summary.version == 5
     assert summary.as_of == T0 + timedelta(minutes=3)
     assert summary.beds == {
         "S1-W1-B1-1": BedStatus.occupied,
         "S1-W1-B1-2": BedStatus.closed,
-        "S1-W1-B1-3": BedStatus.occupied,
+        "S1-W1-B1-3": BedStatus.housekeeping,
         "S1-W1-B1-4": BedStatus.unoccupied,
     }
 
@@ -225,7 +226,7 @@ def _sort_key(event: tuple[str, BedRecord]) -> tuple[datetime, bytes]:
     return event[1].occurred_at, event[1].event_id.bytes
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(events=bed_events, data=st.data())
 def test_any_order_with_duplicates_gives_the_same_board(
     events: list[tuple[str, BedRecord]], data: st.DataObject
@@ -255,4 +256,10 @@ def test_any_order_with_duplicates_gives_the_same_board(
     expected = dict.fromkeys(BED_IDS, BedStatus.unoccupied)
     for bed_id, record in sorted(events, key=_sort_key):
         expected[bed_id] = record.status
-    assert board.summary().beds == expected
+    summary = board.summary()
+    assert summary.beds == expected
+    assert summary.beds_total == len(BED_IDS)
+    assert sum(summary.counts.model_dump().values()) == len(BED_IDS)
+    assert (
+        summary.available == summary.counts.unoccupied == list(expected.values()).count(BedStatus.unoccupied)
+    )

@@ -118,7 +118,12 @@ def _ward(ward_id: str, pas_code: str, **layout: Any) -> dict[str, Any]:
 BASE: dict[str, Any] = {
     "system": {"id": "QXT", "name": "Test ICB"},
     "sites": [
-        {"id": "S1", "name": "Site One", "pas_facility": "S1", "wards": [_ward("S1-A", "A"), _ward("S1-B", "B")]},
+        {
+            "id": "S1",
+            "name": "Site One",
+            "pas_facility": "S1",
+            "wards": [_ward("S1-A", "A"), _ward("S1-B", "B")],
+        },
         {"id": "S2", "name": "Site Two", "pas_facility": "S2", "wards": [_ward("S2-A", "A")]},
     ],
 }
