@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.events import (
+    PAYLOAD_TYPES,
     SCHEMA_VERSION,
     BedStatus,
     BedStatusChanged,
@@ -183,7 +184,10 @@ def test_bed_status_hl7_codes() -> None:
 
 def test_json_schemas() -> None:
     schemas = json_schemas()
-    assert set(schemas) == {"envelope", "bed.status_changed", "ward.state_changed"}
+    assert {"envelope", "bed.status_changed", "ward.state_changed", "patient.swapped", "ed.arrived"} <= set(
+        schemas
+    )
+    assert len(schemas) == len(PAYLOAD_TYPES) + 1
     assert "payload" in schemas["envelope"]["properties"]
     assert schemas["bed.status_changed"]["properties"]["event_type"]["const"] == "bed.status_changed"
     assert set(schemas["bed.status_changed"]["required"]) >= {"ward_id", "bed_id", "status"}

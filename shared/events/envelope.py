@@ -9,12 +9,39 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 import uuid_utils.compat as uuid_compat
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from shared.events.base import Payload
+from shared.events.beds import BedNcrChanged, BedStatusChanged
+from shared.events.ed import (
+    AmbulanceArrived,
+    AmbulanceHandedOver,
+    EdArrived,
+    EdAssessed,
+    EdClinicallyReady,
+    EdConcluded,
+    EdDecisionToAdmit,
+    EdDeparted,
+    EdSeen,
+)
+from shared.events.patients import (
+    AdmissionCancelled,
+    DischargeCancelled,
+    LeaveOfAbsence,
+    PatientAdmitted,
+    PatientDischarged,
+    PatientPreadmitted,
+    PatientsSwapped,
+    PatientTransferred,
+    PatientUpdated,
+    TemporaryMove,
+    TransferCancelled,
+)
+from shared.events.state import WardStateChanged
 
 SCHEMA_VERSION = 1
 
@@ -28,66 +55,58 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class BedStatus(StrEnum):
-    """Bed status, named after HL7 table 0116 (code in brackets)."""
+PAYLOAD_TYPES: tuple[type[Payload], ...] = (
+    BedStatusChanged,
+    BedNcrChanged,
+    PatientAdmitted,
+    PatientTransferred,
+    PatientDischarged,
+    AdmissionCancelled,
+    TransferCancelled,
+    DischargeCancelled,
+    PatientsSwapped,
+    PatientUpdated,
+    PatientPreadmitted,
+    TemporaryMove,
+    LeaveOfAbsence,
+    EdArrived,
+    EdAssessed,
+    EdSeen,
+    EdDecisionToAdmit,
+    EdClinicallyReady,
+    EdConcluded,
+    EdDeparted,
+    AmbulanceArrived,
+    AmbulanceHandedOver,
+    WardStateChanged,
+)
 
-    occupied = "occupied"  # O
-    unoccupied = "unoccupied"  # U
-    closed = "closed"  # C
-    housekeeping = "housekeeping"  # H
-    isolated = "isolated"  # I
-    contaminated = "contaminated"  # K
-
-    @property
-    def hl7_code(self) -> str:
-        return _HL7_0116[self]
-
-
-_HL7_0116 = {
-    BedStatus.occupied: "O",
-    BedStatus.unoccupied: "U",
-    BedStatus.closed: "C",
-    BedStatus.housekeeping: "H",
-    BedStatus.isolated: "I",
-    BedStatus.contaminated: "K",
-}
-
-
-class _Payload(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BedStatusChanged(_Payload):
-    event_type: Literal["bed.status_changed"] = "bed.status_changed"
-    ward_id: str
-    bed_id: str
-    status: BedStatus
-
-
-class WardBedCounts(_Payload):
-    occupied: int = 0
-    unoccupied: int = 0
-    closed: int = 0
-    housekeeping: int = 0
-    isolated: int = 0
-    contaminated: int = 0
-
-
-class WardStateChanged(_Payload):
-    """A ward's full bed picture after a change; `version` grows by one per change of that ward."""
-
-    event_type: Literal["ward.state_changed"] = "ward.state_changed"
-    system_id: str
-    ward_id: str
-    version: int
-    beds_total: int
-    available: int
-    counts: WardBedCounts
-    beds: dict[str, BedStatus]
-    as_of: AwareDatetime
-
-
-Payload = Annotated[BedStatusChanged | WardStateChanged, Field(discriminator="event_type")]
+AnyPayload = Annotated[
+    BedStatusChanged
+    | BedNcrChanged
+    | PatientAdmitted
+    | PatientTransferred
+    | PatientDischarged
+    | AdmissionCancelled
+    | TransferCancelled
+    | DischargeCancelled
+    | PatientsSwapped
+    | PatientUpdated
+    | PatientPreadmitted
+    | TemporaryMove
+    | LeaveOfAbsence
+    | EdArrived
+    | EdAssessed
+    | EdSeen
+    | EdDecisionToAdmit
+    | EdClinicallyReady
+    | EdConcluded
+    | EdDeparted
+    | AmbulanceArrived
+    | AmbulanceHandedOver
+    | WardStateChanged,
+    Field(discriminator="event_type"),
+]
 
 
 class Envelope(BaseModel):
@@ -102,7 +121,7 @@ class Envelope(BaseModel):
     site_id: str = Field(description="Kafka key: every event of a site is ordered in one partition.")
     entity_id: str
     correlation_id: uuid.UUID | None = None
-    payload: Payload
+    payload: AnyPayload
 
     @model_validator(mode="after")
     def _type_matches_payload(self) -> Envelope:
@@ -113,8 +132,8 @@ class Envelope(BaseModel):
         return self
 
     @classmethod
-    def wrap(cls, payload: BedStatusChanged | WardStateChanged, **fields: Any) -> Envelope:
-        return cls(event_type=payload.event_type, payload=payload, **fields)
+    def wrap(cls, payload: Payload, **fields: Any) -> Envelope:
+        return cls(event_type=type(payload).model_fields["event_type"].default, payload=payload, **fields)
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"))
@@ -135,7 +154,7 @@ def upcast(data: bytes | str) -> bytes | str:
 def json_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema for the envelope and each payload, for the published docs."""
     schemas: dict[str, dict[str, Any]] = {"envelope": Envelope.model_json_schema()}
-    for model in (BedStatusChanged, WardStateChanged):
+    for model in PAYLOAD_TYPES:
         name = model.model_fields["event_type"].default
         schemas[name] = model.model_json_schema()
     return schemas
