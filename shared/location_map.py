@@ -41,12 +41,12 @@ class LocationMapper:
                     raise LocationMapError(f"facilities.{alias}: unknown site {site_id!r}")
                 self.facilities[alias.upper()] = site_id
             for facility, codes in extra.wards.items():
-                site_id = self.facilities.get(facility.upper())
-                if site_id is None:
+                facility_site = self.facilities.get(facility.upper())
+                if facility_site is None:
                     raise LocationMapError(f"wards.{facility}: unknown facility")
                 for code, ward_id in codes.items():
                     ward = org.wards.get(ward_id)
-                    if ward is None or ward.site_id != site_id:
+                    if ward is None or ward.site_id != facility_site:
                         raise LocationMapError(
                             f"wards.{facility}.{code}: {ward_id!r} is not a ward of {site_id}"
                         )
