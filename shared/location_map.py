@@ -48,9 +48,9 @@ class LocationMapper:
                     ward = org.wards.get(ward_id)
                     if ward is None or ward.site_id != facility_site:
                         raise LocationMapError(
-                            f"wards.{facility}.{code}: {ward_id!r} is not a ward of {site_id}"
+                            f"wards.{facility}.{code}: {ward_id!r} is not a ward of {facility_site}"
                         )
-                    self.wards[(site_id, code.upper())] = ward_id
+                    self.wards[(facility_site, code.upper())] = ward_id
 
     def site_for_facility(self, facility: str) -> str | None:
         return self.facilities.get(facility.strip().upper())
