@@ -43,7 +43,7 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def migrate(url: str, revision: str = "head") -> None:
+def migrate(url: str, revision: str = "heads") -> None:
     """Apply migrations up to `revision` (blocking: run it before the event loop, or in a thread)."""
     command.upgrade(alembic_config(url), revision)
 
