@@ -13,7 +13,6 @@ that only the poison record is dead-lettered and the partition never stalls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,13 +22,13 @@ from typing import Protocol
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from shared import topics
 from shared.events import Envelope
-from shared.kafka import OUTBOX_ID_HEADER, IncarnationProbe
+from shared.kafka import FETCH_WAIT_MS, OUTBOX_ID_HEADER, IncarnationProbe, stop_client
 from shared.outbox import OutboxEvent, append
+from shared.supervise import supervise
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +40,7 @@ class Delivery:
     offset: int
     outbox_id: int
     envelope: Envelope
+    raw: bytes = b""
 
 
 class BatchHandler(Protocol):
@@ -72,10 +72,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.owner.handler.forget()
+        async with self.owner.applying:  # let a batch in flight commit first
+            self.owner.positions = {}
+            self.owner.handler.forget()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self.owner.restore(assigned)
+        async with self.owner.applying:
+            await self.owner.restore(assigned)
 
 
 class StoredOffsetConsumer:
@@ -104,10 +107,19 @@ class StoredOffsetConsumer:
         self._probe = IncarnationProbe(bootstrap, partitions)
         self._consumer: AIOKafkaConsumer | None = None
         self.running = False
+        # A batch and a rebalance never interleave: positions read from the database must
+        # include any batch that was committing when the partitions moved.
+        self.applying = asyncio.Lock()
 
     async def restore(self, assigned: list[TopicPartition]) -> None:
-        """Seek each assigned partition to the offset stored with the state."""
+        """Seek each assigned partition to the offset stored with the state.
+
+        Until this returns, nothing is applied: aiokafka may hand out records of a new assignment
+        while this listener still runs, fetched from the wrong place. Only partitions in
+        `positions` are applied, and `positions` is filled last.
+        """
         assert self._consumer is not None
+        self.positions = {}
         self.handler.forget()
         self.incarnation = await self._probe.current()
         rows = await self.pool.fetch(
@@ -116,29 +128,27 @@ class StoredOffsetConsumer:
             self.group_id,
         )
         stored = {TopicPartition(r["topic"], r["partition"]): r for r in rows}
-        self.positions = {}
+        positions: dict[TopicPartition, _PartitionPosition] = {}
         for tp in assigned:
             row = stored.get(tp)
             if row is None:
-                self.positions[tp] = _PartitionPosition(0, 0)
+                positions[tp] = _PartitionPosition(0, 0)
             elif row["broker_incarnation"] == self.incarnation:
-                self.positions[tp] = _PartitionPosition(row["next_offset"], row["outbox_hw"])
+                positions[tp] = _PartitionPosition(row["next_offset"], row["outbox_hw"])
             else:
                 log.warning("%s: broker has a new log; reading from its start, skipping applied events", tp)
                 self.stats.resets += 1
-                self.positions[tp] = _PartitionPosition(0, row["outbox_hw"])
-            self._consumer.seek(tp, self.positions[tp].next_offset)
+                positions[tp] = _PartitionPosition(0, row["outbox_hw"])
+            self._consumer.seek(tp, positions[tp].next_offset)
+        self.positions = positions
+        on_assigned = getattr(self.handler, "assigned", None)
+        if on_assigned is not None:
+            # the real partition counts: a broker may have auto-created a topic with its own default
+            counts = {t: len(self._consumer.partitions_for_topic(t) or ()) for t in self.topic_names}
+            on_assigned(list(assigned), counts)
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                await self._consume(stop)
-            except (KafkaError, OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("consumer %s: %s; restarting in %.1fs", self.group_id, exc, backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, 10.0)
+        await supervise(f"consumer {self.group_id}", lambda: self._consume(stop), stop, first_backoff=0.5)
 
     async def _consume(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
@@ -149,6 +159,7 @@ class StoredOffsetConsumer:
             max_poll_records=self.max_records,
             fetch_max_bytes=16 * 1024 * 1024,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=FETCH_WAIT_MS,
         )
         self._consumer = consumer
         await consumer.start()
@@ -161,7 +172,8 @@ class StoredOffsetConsumer:
                 batch = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
                 records = [r for rs in batch.values() for r in rs]
                 if records:
-                    await self._apply(records)
+                    async with self.applying:
+                        await self._apply(records)
                     for listener in self.stats.listeners:
                         await listener()
                 elif loop.time() - checked > 2.0:
@@ -170,14 +182,15 @@ class StoredOffsetConsumer:
         finally:
             self.running = False
             self._consumer = None
-            await consumer.stop()
+            await stop_client(consumer)
             await self._probe.close()
 
     async def _check_incarnation(self) -> None:
         """A broker that restarted empty never reports our positions out of range: look for it."""
         current = await self._probe.current()
         if current != self.incarnation and self._consumer is not None:
-            await self.restore(list(self._consumer.assignment()))
+            async with self.applying:
+                await self.restore(list(self._consumer.assignment()))
 
     async def _apply(self, records: list) -> None:  # type: ignore[type-arg]
         deliveries: list[Delivery] = []
@@ -185,7 +198,9 @@ class StoredOffsetConsumer:
         touched: dict[TopicPartition, _PartitionPosition] = {}
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
-            position = self.positions.setdefault(tp, _PartitionPosition(0, 0))
+            position = self.positions.get(tp)
+            if position is None or record.offset < position.next_offset:
+                continue  # not (yet) restored, or fetched before the seek: it will come again
             outbox_id = _outbox_id(record.headers)
             position.next_offset = record.offset + 1
             touched[tp] = position
@@ -200,7 +215,14 @@ class StoredOffsetConsumer:
                 dead.append(_dead_letter(record, f"undecodable: {exc}"))
                 continue
             deliveries.append(
-                Delivery(record.topic, record.partition, record.offset, outbox_id or 0, envelope)
+                Delivery(
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    outbox_id or 0,
+                    envelope,
+                    bytes(record.value),
+                )
             )
 
         for attempt in range(1, self.max_attempts + 1):

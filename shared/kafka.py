@@ -22,6 +22,9 @@ from shared import topics
 log = logging.getLogger(__name__)
 
 OUTBOX_ID_HEADER = "icc-outbox-id"
+# The embedded broker answers a long-poll fetch only when its wait expires, not when data arrives,
+# so consumers wait briefly: every hop of the pipeline costs up to this much latency.
+FETCH_WAIT_MS = 20
 EVENT_TYPE_HEADER = "icc-event-type"
 
 
@@ -112,17 +115,17 @@ class IncarnationProbe:
 
     async def close(self) -> None:
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_client(self._consumer)
             self._consumer = None
 
 
 @contextlib.asynccontextmanager
 async def _started(prod: AIOKafkaProducer):  # type: ignore[no-untyped-def]
-    await prod.start()
     try:
+        await prod.start()
         yield prod
     finally:
-        await prod.stop()
+        await stop_client(prod)
 
 
 async def broker_ready(bootstrap: str) -> bool:
@@ -136,3 +139,19 @@ async def broker_ready(bootstrap: str) -> bool:
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
+
+
+async def stop_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stop an aiokafka client whose broker may be gone.
+
+    aiokafka's stop() can let the cancellation of its own fetch task escape as CancelledError; that
+    must not end the caller (a supervisor that would then stop for good), unless the caller itself
+    is being cancelled.
+    """
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("aiokafka client stopped with a stray cancellation (broker gone)")

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
-from aiokafka.errors import KafkaError
 
-from shared.kafka import OUTBOX_ID_HEADER, IncarnationProbe, producer
+from shared.kafka import OUTBOX_ID_HEADER, IncarnationProbe, producer, stop_client
+from shared.supervise import supervise
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +91,7 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set: elect, then relay; on a broker or database failure, back off and retry."""
-        backoff = 0.2
-        while not stop.is_set():
-            try:
-                await self._lead(stop)
-                backoff = 0.2
-            except (KafkaError, OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, 5.0)
+        await supervise("outbox relay", lambda: self._lead(stop), stop, max_backoff=5.0)
 
     async def _lead(self, stop: asyncio.Event) -> None:
         conn = await asyncpg.connect(self.database_url)
@@ -122,8 +113,8 @@ class OutboxRelay:
     async def _relay(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
         probe = IncarnationProbe(self.bootstrap, self.partitions)
         prod = producer(self.bootstrap)
-        await prod.start()
         try:
+            await prod.start()
             last_id = await self._position(conn, await probe.current())
             pruned_at = 0.0
             loop = asyncio.get_running_loop()
@@ -167,7 +158,7 @@ class OutboxRelay:
                 )
                 self.published += len(rows)
         finally:
-            await prod.stop()
+            await stop_client(prod)
             await probe.close()
 
     async def _position(self, conn: asyncpg.Connection, incarnation: str) -> int:

@@ -62,12 +62,12 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
     )
 
 
-def runtime_of(request: Request) -> Runtime:
+async def runtime_of(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def current_user(request: Request) -> Principal:
+async def current_user(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -79,7 +79,7 @@ def current_user(request: Request) -> Principal:
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
-        return verify_token(runtime_of(request).secrets.jwt_secret, token)
+        return verify_token((await runtime_of(request)).secrets.jwt_secret, token)
     except AuthError as exc:
         raise Problem(
             401, "unauthenticated", "Invalid token", exc.detail, headers={"WWW-Authenticate": "Bearer"}
