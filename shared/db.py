@@ -21,7 +21,8 @@ def sqlalchemy_url(url: str) -> str:
     raise ValueError(f"not a PostgreSQL URL: {url!r}")
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """JSON and JSONB as Python values (orjson), on every connection ICC opens."""
     for name in ("json", "jsonb"):
         await conn.set_type_codec(
             name, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads, schema="pg_catalog"
@@ -30,7 +31,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+        url, min_size=min_size, max_size=max_size, init=init_connection, command_timeout=60
     )
     assert pool is not None
     return pool

@@ -104,11 +104,19 @@ class Ward(BaseModel):
         return beds
 
 
+class EdConfig(BaseModel):
+    """The emergency department's physical capacity, for occupancy metrics."""
+
+    model_config = ConfigDict(extra="forbid")
+    majors_resus_spaces: int = Field(default=0, ge=0, le=500, description="majors and resus cubicles")
+
+
 class Site(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=_CODE)
     name: str
     pas_facility: str = Field(pattern=_CODE, description="PV1-3.4 facility as the PAS sends it")
+    ed: EdConfig | None = None
     wards: list[Ward] = Field(min_length=1)
 
     @model_validator(mode="after")

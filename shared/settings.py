@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", alias="DATABASE_URL")
     kafka_bootstrap: str = Field(default="", alias="KAFKA_BOOTSTRAP")
     org_file: Path = Field(default=Path("deploy/org/sample-icb.yaml"), alias="ICC_ORG_FILE")
+    opel_profile: Path = Field(default=Path("deploy/opel/default-profile.yaml"), alias="ICC_OPEL_PROFILE")
+    state_tick_seconds: float = Field(default=15.0, gt=0, alias="ICC_STATE_TICK_SECONDS")
     secrets_file: Path | None = Field(default=None, alias="ICC_SECRETS_FILE")
 
     host: str = Field(default="127.0.0.1", alias="ICC_HOST")

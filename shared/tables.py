@@ -84,18 +84,6 @@ class ConsumerOffset(SQLModel, table=True):
     updated_at: datetime = _ts()
 
 
-class BedState(SQLModel, table=True):
-    __tablename__ = "bed_state"
-    __table_args__ = (Index("ix_bed_state_site", "site_id"),)
-    bed_id: str = Field(primary_key=True)
-    site_id: str
-    ward_id: str
-    status: str
-    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
-    event_id: uuid.UUID
-    updated_at: datetime = _ts()
-
-
 class WardState(SQLModel, table=True):
     __tablename__ = "ward_state"
     __table_args__ = (Index("ix_ward_state_site", "site_id"),)
@@ -105,3 +93,72 @@ class WardState(SQLModel, table=True):
     version: int = Field(sa_column=Column(BigInteger, nullable=False))
     summary: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     updated_at: datetime = _ts()
+
+
+class SiteEvent(SQLModel, table=True):
+    """Every event command-centre applied, by site: the source for as-of state and rebuilds."""
+
+    __tablename__ = "site_event"
+    __table_args__ = (
+        Index("ix_site_event_site_id", "site_id", "id"),
+        Index("ix_site_event_occurred", "site_id", "occurred_at"),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    event_id: uuid.UUID = Field(unique=True)
+    site_id: str
+    event_type: str
+    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    recorded_at: datetime = _ts()
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class SiteSnapshot(SQLModel, table=True):
+    """A site's live state after `last_event_id`: rebuilds start here and apply only the tail."""
+
+    __tablename__ = "site_snapshot"
+    site_id: str = Field(primary_key=True)
+    last_event_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    format: int
+    state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    taken_at: datetime = _ts()
+
+
+class ScopeState(SQLModel, table=True):
+    """The latest published summary of a site or a system (scope = `site:ID` / `system:ID`)."""
+
+    __tablename__ = "scope_state"
+    scope: str = Field(primary_key=True)
+    version: int = Field(sa_column=Column(BigInteger, nullable=False))
+    summary: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    updated_at: datetime = _ts()
+
+
+class MetricPoint(SQLModel, table=True):
+    """History: a metric's value from `at`, written on change and at most once a minute per series."""
+
+    __tablename__ = "metric_point"
+    __table_args__ = (PrimaryKeyConstraint("scope", "metric", "at"),)
+    scope: str
+    metric: str
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    value: float | None = None
+
+
+class DeclaredOpel(SQLModel, table=True):
+    """A human-approved OPEL level, kept beside (never over) the computed one."""
+
+    __tablename__ = "declared_opel"
+    __table_args__ = (Index("ix_declared_opel_scope", "scope", "declared_at"),)
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    scope: str
+    level: int
+    reason: str
+    declared_by: str
+    declared_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    expires_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    withdrawn_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    withdrawn_by: str | None = None

@@ -4,6 +4,8 @@ embedded broker per test, and the whole stack started as `icc up` starts it."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -36,11 +38,15 @@ def org() -> Organisation:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("pg")
+def pg_admin_url() -> Iterator[str]:
+    # Its own folder, not pytest's temporary tree: the server runs as another user and needs to
+    # reach it, and pytest prunes old temporary trees while other sessions may still use them.
+    data = Path(tempfile.mkdtemp(prefix="icc-test-pg-"))
+    data.chmod(0o755)
     url = start_postgres(data)
     yield url
     stop_postgres(data)
+    shutil.rmtree(data, ignore_errors=True)
 
 
 def _create_database(admin_url: str) -> str:
@@ -98,6 +104,7 @@ def make_settings(
         "ICC_COMMAND_CENTRE_PORT": free_port(),
         "ICC_GATEWAY_PORT": free_port(),
         "ICC_TOPIC_PARTITIONS": 3,
+        "ICC_STATE_TICK_SECONDS": 1.0,
     }
     values.update(extra)
     return Settings(**values)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,8 +70,6 @@ class StreamClient:
 
     async def next(self, *types: str, timeout: float = 30.0) -> dict[str, Any]:
         """The next message of one of `types`, skipping heartbeats."""
-        import asyncio
-
         async with asyncio.timeout(timeout):
             while True:
                 message = orjson.loads(await self.ws.recv())
@@ -77,6 +77,18 @@ class StreamClient:
                     return message
                 if message["type"] == "error":
                     raise AssertionError(message)
+
+    async def until(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Read deltas until one satisfies `predicate`; return it and every delta read on the way."""
+        seen: list[dict[str, Any]] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                delta = await self.next("delta", timeout=timeout)
+                seen.append(delta)
+                if predicate(delta):
+                    return delta, seen
 
     async def close(self) -> None:
         await self.ws.close()

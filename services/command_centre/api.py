@@ -1,77 +1,254 @@
-"""Command-centre REST: the live state of wards, sites and the system, from the PostgreSQL projection."""
+"""Command-centre REST: live state, OPEL with its breakdown, declared levels, history and as-of state.
+
+Live figures come from the summaries the owning replica publishes (so any replica answers the same);
+as-of state is rebuilt from the stored events.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import ORJSONResponse
+from pydantic import AwareDatetime, BaseModel, Field
 
-from services.command_centre.bed_board import WardBoard, site_totals
-from shared.auth import Scope, Tier
-from shared.events import WardStateChanged
+from services.command_centre.as_of import site_view_as_of
+from services.command_centre.metrics import SiteMetrics, ward_metrics
+from services.command_centre.site_state import SiteState
+from shared.auth import Principal, Role, Scope, Tier
+from shared.opel import Level
+from shared.problems import Problem
 from shared.runtime import CurrentRuntime, CurrentUser, Runtime, readiness, require_scope
 
 router = APIRouter()
 
-
-async def _ward_states(runtime: Runtime, site_ids: list[str]) -> dict[str, WardStateChanged]:
-    rows = await runtime.db.fetch("SELECT ward_id, summary FROM ward_state WHERE site_id = any($1)", site_ids)
-    states = {r["ward_id"]: WardStateChanged.model_validate(r["summary"]) for r in rows}
-    for site_id in site_ids:
-        for ward in runtime.org.sites_by_id[site_id].wards:
-            if ward.id not in states:  # never reported: the bed base with every bed unoccupied
-                states[ward.id] = WardBoard(ward=ward, system_id=runtime.org.system.id).summary()
-    return states
+DECLARERS = frozenset({Role.site_manager, Role.admin})
+HISTORY_METRICS = frozenset(SiteMetrics.model_fields) - {"as_of", "ed_time_in_department"}
 
 
-def _site_view(runtime: Runtime, site_id: str, states: dict[str, WardStateChanged]) -> dict[str, Any]:
+async def _ward_summaries(runtime: Runtime, site_id: str) -> dict[str, dict[str, Any]]:
+    rows = await runtime.db.fetch("SELECT ward_id, summary FROM ward_state WHERE site_id = $1", site_id)
+    summaries = {r["ward_id"]: r["summary"] for r in rows}
     site = runtime.org.sites_by_id[site_id]
-    wards = [states[w.id] for w in site.wards]
-    return {
-        "site_id": site.id,
-        "name": site.name,
-        "totals": site_totals(wards),
-        "wards": [
-            {
-                "name": w.name,
-                "type": w.type.value,
-                "specialty": w.specialty,
-                **states[w.id].model_dump(mode="json"),
+    empty: SiteState | None = None
+    now = datetime.now(UTC)
+    for ward in site.wards:
+        if ward.id not in summaries:  # never reported: its bed base, every bed unoccupied
+            empty = empty or SiteState(site, runtime.org.system.id)
+            wm = ward_metrics(empty, ward, now)
+            summaries[ward.id] = {
+                "event_type": "ward.state_changed",
+                "system_id": runtime.org.system.id,
+                "ward_id": ward.id,
+                "version": 0,
+                "beds_total": wm.beds_total,
+                "available": wm.available,
+                "counts": wm.counts,
+                "beds": {b.id: "unoccupied" for b in ward.bed_list},
+                "as_of": None,
+                "metrics": wm.model_dump(exclude={"ward_id", "counts", "beds_total", "available"}),
             }
-            for w in site.wards
-        ],
-    }
+    return summaries
 
 
-@router.get("/v1/sites/{site_id}/state", summary="Live state of one site and its wards")
-async def site_state(site_id: str, runtime: CurrentRuntime, user: CurrentUser) -> dict[str, Any]:
-    require_scope(user, runtime, Scope(Tier.site, site_id))
-    states = await _ward_states(runtime, [site_id])
-    return _site_view(runtime, site_id, states)
+async def _scope_summary(runtime: Runtime, scope: str) -> dict[str, Any] | None:
+    row = await runtime.db.fetchrow("SELECT summary FROM scope_state WHERE scope = $1", scope)
+    return dict(row["summary"]) if row is not None else None
 
 
-@router.get("/v1/wards/{ward_id}/state", summary="Live state of one ward")
+def _ward_view(runtime: Runtime, summary: dict[str, Any]) -> dict[str, Any]:
+    ward = runtime.org.wards[summary["ward_id"]]
+    return {"name": ward.name, "type": ward.type.value, "specialty": ward.specialty, **summary}
+
+
+@router.get("/v1/wards/{ward_id}/state", summary="Live state of one ward: beds, census, today's flows")
 async def ward_state(ward_id: str, runtime: CurrentRuntime, user: CurrentUser) -> dict[str, Any]:
     require_scope(user, runtime, Scope(Tier.ward, ward_id))
     ward = runtime.org.wards[ward_id]
-    states = await _ward_states(runtime, [ward.site_id])
-    return {"name": ward.name, "type": ward.type.value, **states[ward_id].model_dump(mode="json")}
+    return _ward_view(runtime, (await _ward_summaries(runtime, ward.site_id))[ward_id])
 
 
-@router.get(
-    "/v1/systems/{system_id}/state", summary="Live state of the system (ICB), rolled up from its sites"
-)
+@router.get("/v1/sites/{site_id}/state", summary="Live state of one site (or as of a past time)")
+async def site_state(
+    site_id: str,
+    runtime: CurrentRuntime,
+    user: CurrentUser,
+    as_of: Annotated[AwareDatetime | None, Query(description="rebuild the state at this time")] = None,
+    basis: Annotated[
+        Literal["shown", "known"], Query(description="shown: as displayed then; known: as known now")
+    ] = "shown",
+) -> dict[str, Any]:
+    require_scope(user, runtime, Scope(Tier.site, site_id))
+    site = runtime.org.sites_by_id[site_id]
+    if as_of is not None:
+        async with runtime.db.acquire() as conn:
+            view = await site_view_as_of(conn, runtime.org, runtime.extra["profile"], site_id, as_of, basis)
+        return {"site_id": site_id, "name": site.name, **view}
+    summary = await _scope_summary(runtime, f"site:{site_id}")
+    wards = await _ward_summaries(runtime, site_id)
+    return {
+        "site_id": site_id,
+        "name": site.name,
+        "scope": f"site:{site_id}",
+        "version": summary["version"] if summary else 0,
+        "as_of": summary["as_of"] if summary else None,
+        "metrics": summary["metrics"] if summary else None,
+        "opel": summary["opel"] if summary else None,
+        "wards": [_ward_view(runtime, wards[w.id]) for w in site.wards],
+    }
+
+
+@router.get("/v1/systems/{system_id}/state", summary="Live state of the system (ICB), folded from its sites")
 async def system_state(system_id: str, runtime: CurrentRuntime, user: CurrentUser) -> dict[str, Any]:
     require_scope(user, runtime, Scope(Tier.system, system_id))
-    site_ids = [s.id for s in runtime.org.sites]
-    states = await _ward_states(runtime, site_ids)
-    sites = [_site_view(runtime, site_id, states) for site_id in site_ids]
+    summary = await _scope_summary(runtime, f"system:{system_id}")
+    sites = []
+    for site in runtime.org.sites:
+        site_summary = await _scope_summary(runtime, f"site:{site.id}")
+        sites.append(
+            {
+                "site_id": site.id,
+                "name": site.name,
+                "metrics": site_summary["metrics"] if site_summary else None,
+                "opel": site_summary["opel"] if site_summary else None,
+            }
+        )
     return {
         "system_id": system_id,
         "name": runtime.org.system.name,
-        "totals": site_totals(list(states.values())),
-        "sites": [{k: v for k, v in s.items() if k != "wards"} for s in sites],
+        "scope": f"system:{system_id}",
+        "version": summary["version"] if summary else 0,
+        "as_of": summary["as_of"] if summary else None,
+        "metrics": summary["metrics"] if summary else None,
+        "opel": summary["opel"] if summary else None,
+        "sites": sites,
+    }
+
+
+def _scope_of(kind: Literal["sites", "systems"], scope_id: str) -> Scope:
+    return Scope(Tier.site if kind == "sites" else Tier.system, scope_id)
+
+
+@router.get(
+    "/v1/{kind}/{scope_id}/opel", summary="OPEL: computed level with its breakdown, declared, effective"
+)
+async def opel(
+    kind: Literal["sites", "systems"], scope_id: str, runtime: CurrentRuntime, user: CurrentUser
+) -> dict[str, Any]:
+    scope = _scope_of(kind, scope_id)
+    require_scope(user, runtime, scope)
+    summary = await _scope_summary(runtime, str(scope))
+    if summary is None:
+        raise Problem(404, "no-state-yet", "No state yet", f"{scope} has not reported any data yet")
+    return {"scope": str(scope), "as_of": summary["as_of"], **summary["opel"]}
+
+
+class DeclareBody(BaseModel):
+    level: Level
+    reason: str = Field(min_length=1, max_length=500)
+    expires_at: AwareDatetime | None = None
+
+
+def _may_declare(user: Principal) -> None:
+    if user.role not in DECLARERS:
+        raise Problem(
+            403, "forbidden", "Cannot declare OPEL", "declaring a level needs a site manager or admin"
+        )
+
+
+@router.post(
+    "/v1/{kind}/{scope_id}/opel/declared", status_code=201, summary="Declare an OPEL level (human override)"
+)
+async def declare(
+    kind: Literal["sites", "systems"],
+    scope_id: str,
+    body: DeclareBody,
+    runtime: CurrentRuntime,
+    user: CurrentUser,
+) -> dict[str, Any]:
+    scope = _scope_of(kind, scope_id)
+    require_scope(user, runtime, scope)
+    _may_declare(user)
+    now = datetime.now(UTC)
+    if body.expires_at is not None and body.expires_at <= now:
+        raise Problem(
+            422,
+            "validation",
+            "Already expired",
+            "expires_at must be in the future",
+            errors=[{"field": "expires_at", "message": "must be in the future"}],
+        )
+    row = await runtime.db.fetchrow(
+        "INSERT INTO declared_opel (scope, level, reason, declared_by, declared_at, expires_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6) "
+        "RETURNING id, scope, level, reason, declared_by, declared_at, expires_at",
+        str(scope),
+        body.level,
+        body.reason,
+        user.subject,
+        now,
+        body.expires_at,
+    )
+    return dict(row)
+
+
+@router.delete("/v1/{kind}/{scope_id}/opel/declared", summary="Withdraw the declared OPEL level")
+async def withdraw(
+    kind: Literal["sites", "systems"], scope_id: str, runtime: CurrentRuntime, user: CurrentUser
+) -> dict[str, Any]:
+    scope = _scope_of(kind, scope_id)
+    require_scope(user, runtime, scope)
+    _may_declare(user)
+    rows = await runtime.db.fetch(
+        "UPDATE declared_opel SET withdrawn_at = now(), withdrawn_by = $2 "
+        "WHERE scope = $1 AND withdrawn_at IS NULL RETURNING id",
+        str(scope),
+        user.subject,
+    )
+    if not rows:
+        raise Problem(404, "not-found", "Nothing declared", f"{scope} has no declared level to withdraw")
+    return {"withdrawn": [r["id"] for r in rows]}
+
+
+@router.get(
+    "/v1/{kind}/{scope_id}/history", summary="A metric's history (written on change, at most once a minute)"
+)
+async def history(
+    kind: Literal["sites", "systems"],
+    scope_id: str,
+    metric: str,
+    runtime: CurrentRuntime,
+    user: CurrentUser,
+    from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+    to: AwareDatetime | None = None,
+) -> dict[str, Any]:
+    scope = _scope_of(kind, scope_id)
+    require_scope(user, runtime, scope)
+    if metric not in HISTORY_METRICS:
+        raise Problem(
+            422,
+            "validation",
+            "Unknown metric",
+            f"{metric!r} is not a metric with history",
+            errors=[{"field": "metric", "message": "see docs/metrics.md for the names"}],
+        )
+    end = to or datetime.now(UTC)
+    start = from_ or end - timedelta(days=1)
+    rows = await runtime.db.fetch(
+        "SELECT at, value FROM metric_point "
+        "WHERE scope = $1 AND metric = $2 AND at >= $3 AND at <= $4 ORDER BY at",
+        str(scope),
+        metric,
+        start,
+        end,
+    )
+    return {
+        "scope": str(scope),
+        "metric": metric,
+        "from": start,
+        "to": end,
+        "points": [{"at": r["at"], "value": r["value"]} for r in rows],
     }
 
 
@@ -88,6 +265,7 @@ async def readyz(runtime: CurrentRuntime) -> ORJSONResponse:
 @router.get("/v1/consumer", summary="Consumer progress of this replica")
 async def consumer_status(runtime: CurrentRuntime, user: CurrentUser) -> dict[str, Any]:
     consumer = runtime.extra["consumer"]
+    projection = runtime.extra["projection"]
     stats = consumer.stats
     return {
         "running": consumer.running,
@@ -96,4 +274,5 @@ async def consumer_status(runtime: CurrentRuntime, user: CurrentUser) -> dict[st
         "dead_lettered": stats.dead_lettered,
         "broker_resets": stats.resets,
         "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.positions),
+        "owned_sites": sorted(projection.owned),
     }

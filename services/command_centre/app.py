@@ -4,32 +4,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import asyncpg
 from fastapi import FastAPI
 
 from services.command_centre.api import router
-from services.command_centre.handlers import BedProjection
+from services.command_centre.projection import StateProjection
+from services.command_centre.system_stage import SystemStage
 from shared import problems, topics
 from shared.consumer import StoredOffsetConsumer
+from shared.opel import load_profile
 from shared.outbox import OutboxRelay
 from shared.runtime import Runtime, load_runtime
+
+log = logging.getLogger(__name__)
+
+
+async def _ticks(projection: StateProjection, runtime: Runtime, stop: asyncio.Event) -> None:
+    """Time-driven refresh of the owned sites (waits grow, midnight passes) and history flushes."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), runtime.settings.state_tick_seconds)
+        if stop.is_set():
+            return
+        try:
+            await projection.tick(runtime.db)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("state tick failed: %s", exc)
+            projection.forget()
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     runtime = runtime or load_runtime()
+    settings = runtime.settings
+    # an invalid profile refuses start-up, with a message naming the file and the field
+    profile = load_profile(settings.opel_profile)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
-        settings = runtime.settings
+        projection = StateProjection(runtime.org, profile, partitions=settings.topic_partitions)
         consumer = StoredOffsetConsumer(
             bootstrap=runtime.bootstrap,
             pool=runtime.db,
             group_id=settings.consumer_group,
-            topic_names=[topics.BEDS.name],
-            handler=BedProjection(runtime.org),
+            topic_names=[topics.BEDS.name, topics.EDFLOW.name],
+            handler=projection,
             partitions=settings.topic_partitions,
         )
         relay = OutboxRelay(
@@ -38,9 +61,17 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             partitions=settings.topic_partitions,
             retention=timedelta(hours=settings.outbox_retention_hours),
         )
-        runtime.extra.update(consumer=consumer, relay=relay)
+        system = SystemStage(runtime.database_url, runtime.org, profile, interval=settings.state_tick_seconds)
+        runtime.extra.update(
+            consumer=consumer, relay=relay, projection=projection, profile=profile, system=system
+        )
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(relay.run(stop))]
+        tasks = [
+            asyncio.create_task(consumer.run(stop)),
+            asyncio.create_task(relay.run(stop)),
+            asyncio.create_task(_ticks(projection, runtime, stop)),
+            asyncio.create_task(system.run(stop)),
+        ]
         try:
             yield
         finally:
@@ -48,7 +79,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             await runtime.stop()
 
-    app = FastAPI(title="ICC command centre", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="ICC command centre", version="0.2.0", lifespan=lifespan)
     app.state.runtime = runtime
     problems.install(app)
     app.include_router(router)

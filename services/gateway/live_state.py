@@ -44,6 +44,7 @@ class LiveState:
     def __init__(self, org: Organisation) -> None:
         self.org = org
         self.wards: dict[str, dict[str, Any]] = {}
+        self.summaries: dict[str, dict[str, Any]] = {}  # "site:ID" / "system:ID" → metrics and OPEL
         self.seq: dict[Scope, int] = defaultdict(int)
         self.subscribers: dict[Scope, set[Subscriber]] = defaultdict(set)
         self.changes = 0
@@ -70,13 +71,30 @@ class LiveState:
                     self._publish(scope, summary)
         return True
 
-    def _publish(self, scope: Scope, summary: dict[str, Any]) -> None:
+    def update_summary(self, summary: dict[str, Any], *, publish: bool = True) -> bool:
+        """Keep a site's or the system's summary if newer; a site's goes to its and the system's watchers."""
+        key = summary["scope"]
+        held = self.summaries.get(key)
+        if held is not None and held["version"] >= summary["version"]:
+            return False
+        self.summaries[key] = summary
+        self.changes += 1
+        if publish:
+            scope = Scope.parse(key)
+            targets = (
+                [scope] if scope.tier is Tier.system else [scope, Scope(Tier.system, self.org.system.id)]
+            )
+            for target in targets:
+                self._publish(target, summary, kind="summary")
+        return True
+
+    def _publish(self, scope: Scope, summary: dict[str, Any], kind: str = "ward") -> None:
         watchers = self.subscribers.get(scope)
         self.seq[scope] += 1
         if not watchers:
             return
         frame = orjson.dumps(
-            {"type": "delta", "scope": str(scope), "seq": self.seq[scope], "ward": summary}
+            {"type": "delta", "scope": str(scope), "seq": self.seq[scope], kind: summary}
         ).decode()
         for subscriber in watchers:
             subscriber.offer(frame)
@@ -93,6 +111,7 @@ class LiveState:
                 "seq": self.seq[scope],
                 "organisation": self.organisation_view(scope),
                 "wards": [self.wards[w] for w in ward_ids if w in self.wards],
+                "summaries": [self.summaries[k] for k in self.summary_keys(scope) if k in self.summaries],
             }
         ).decode()
 
@@ -109,6 +128,13 @@ class LiveState:
 
     def heartbeat(self) -> None:
         self.broadcast({"type": "heartbeat", "at": utcnow().isoformat()})
+
+    def summary_keys(self, scope: Scope) -> list[str]:
+        if scope.tier is Tier.ward:
+            return []
+        if scope.tier is Tier.site:
+            return [str(scope)]
+        return [str(scope)] + [f"site:{s.id}" for s in self.org.sites]
 
     def ward_ids(self, scope: Scope) -> list[str]:
         if scope.tier is Tier.ward:

@@ -7,17 +7,16 @@ noticed by its incarnation marker and read again from the start; versions make r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from services.gateway.live_state import LiveState
 from shared import topics
-from shared.kafka import IncarnationProbe
+from shared.kafka import FETCH_WAIT_MS, IncarnationProbe, stop_client
+from shared.supervise import supervise
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +24,8 @@ log = logging.getLogger(__name__)
 async def seed_from_database(pool: asyncpg.Pool, live: LiveState) -> None:
     for row in await pool.fetch("SELECT summary FROM ward_state"):
         live.seed(row["summary"])
+    for row in await pool.fetch("SELECT summary FROM scope_state"):
+        live.update_summary(row["summary"], publish=False)
 
 
 class StateFeed:
@@ -36,26 +37,19 @@ class StateFeed:
         self.running = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                await self._follow(stop)
-            except (KafkaError, OSError, TimeoutError) as exc:
-                log.warning("state feed: %s; retrying in %.1fs", exc, backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, 10.0)
+        await supervise("state feed", lambda: self._follow(stop), stop, first_backoff=0.5)
 
     async def _follow(self, stop: asyncio.Event) -> None:
+        """Read every partition from the start; return when the broker turns out to be a new one."""
         probe = IncarnationProbe(self.bootstrap, self.partitions)
         incarnation = await probe.current()
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-        await consumer.start()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS
+        )
         try:
+            await consumer.start()
+            await consumer.topics()  # fetches fresh metadata
             parts = consumer.partitions_for_topic(topics.STATE.name) or set()
-            if not parts:
-                await consumer.force_metadata_update()
-                parts = consumer.partitions_for_topic(topics.STATE.name) or set()
             assigned = [TopicPartition(topics.STATE.name, p) for p in sorted(parts)]
             consumer.assign(assigned)
             await consumer.seek_to_beginning(*assigned)
@@ -69,14 +63,13 @@ class StateFeed:
                         self._apply(record.value)
                 if not batch and loop.time() - checked > 2.0:
                     checked = loop.time()
-                    current = await probe.current()
-                    if current != incarnation:
+                    if await probe.current() != incarnation:
+                        # a new log, perhaps with other partitions: start over (versions make re-reads safe)
                         log.warning("broker has a new log; re-reading the state topic from its start")
-                        incarnation = current
-                        await consumer.seek_to_beginning(*assigned)
+                        return
         finally:
             self.running = False
-            await consumer.stop()
+            await stop_client(consumer)
             await probe.close()
 
     def _apply(self, value: bytes | None) -> None:
@@ -85,6 +78,8 @@ class StateFeed:
             payload = envelope["payload"]
             if payload.get("event_type") == "ward.state_changed":
                 self.live.update(payload)
+            elif payload.get("event_type") == "scope.state_changed":
+                self.live.update_summary(payload)
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             self.undecodable += 1
             log.warning("undecodable state record skipped: %s", exc)

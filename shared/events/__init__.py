@@ -39,7 +39,7 @@ from shared.events.patients import (
     TemporaryMove,
     TransferCancelled,
 )
-from shared.events.state import WardBedCounts, WardStateChanged
+from shared.events.state import ScopeStateChanged, WardBedCounts, WardStateChanged
 
 __all__ = [
     "PAYLOAD_TYPES",
@@ -69,6 +69,7 @@ __all__ = [
     "PatientUpdated",
     "PatientsSwapped",
     "Payload",
+    "ScopeStateChanged",
     "SwapSide",
     "TemporaryMove",
     "TransferCancelled",

@@ -41,7 +41,7 @@ from shared.events.patients import (
     TemporaryMove,
     TransferCancelled,
 )
-from shared.events.state import WardStateChanged
+from shared.events.state import ScopeStateChanged, WardStateChanged
 
 SCHEMA_VERSION = 1
 
@@ -79,6 +79,7 @@ PAYLOAD_TYPES: tuple[type[Payload], ...] = (
     AmbulanceArrived,
     AmbulanceHandedOver,
     WardStateChanged,
+    ScopeStateChanged,
 )
 
 AnyPayload = Annotated[
@@ -104,7 +105,8 @@ AnyPayload = Annotated[
     | EdDeparted
     | AmbulanceArrived
     | AmbulanceHandedOver
-    | WardStateChanged,
+    | WardStateChanged
+    | ScopeStateChanged,
     Field(discriminator="event_type"),
 ]
 

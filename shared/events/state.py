@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, Field
 
 from shared.events.base import Payload
 from shared.events.beds import BedStatus
@@ -30,4 +30,17 @@ class WardStateChanged(Payload):
     available: int
     counts: WardBedCounts
     beds: dict[str, BedStatus]
+    as_of: AwareDatetime
+    metrics: dict[str, Any] | None = Field(default=None, description="census and today's flows")
+
+
+class ScopeStateChanged(Payload):
+    """A site's or a system's metrics and OPEL (computed with its breakdown, declared, effective)."""
+
+    event_type: Literal["scope.state_changed"] = "scope.state_changed"
+    scope: str = Field(description="site:ID or system:ID")
+    system_id: str
+    version: int
+    metrics: dict[str, Any]
+    opel: dict[str, Any]
     as_of: AwareDatetime

@@ -25,8 +25,20 @@ from tests.helpers import StreamClient, bed_event, post_signed, token
 pytestmark = pytest.mark.e2e
 
 
+BED_STATUS = "SELECT summary->'beds'->>$1 FROM ward_state WHERE ward_id = $2"
+
+
 async def bed_status(db: asyncpg.Connection, bed_id: str) -> str | None:
-    return await db.fetchval("SELECT status FROM bed_state WHERE bed_id = $1", bed_id)
+    """The bed's status as command-centre last published it (None: its ward has not been published)."""
+    return await db.fetchval(BED_STATUS, bed_id, bed_id.rsplit("-", 2)[0])
+
+
+async def bed_becomes(db: asyncpg.Connection, bed_id: str, status: str, timeout: float = 30.0) -> str:
+    async def check() -> str | None:
+        current = await bed_status(db, bed_id)
+        return current if current == status else None
+
+    return await eventually(check, timeout=timeout)
 
 
 async def test_broker_down_webhook_still_accepted_and_applied_when_back(
@@ -37,7 +49,7 @@ async def test_broker_down_webhook_still_accepted_and_applied_when_back(
         assert (
             await post_signed(client, url, test_secrets, bed_event("RXN01-WD10-B1-1", "occupied"))
         ).status_code == 202
-        await eventually(lambda: bed_status(db, "RXN01-WD10-B1-1"))
+        await bed_becomes(db, "RXN01-WD10-B1-1", "occupied")
 
         broker.stop()
         response = await post_signed(client, url, test_secrets, bed_event("RXN01-WD10-B1-2", "closed"))
@@ -49,10 +61,10 @@ async def test_broker_down_webhook_still_accepted_and_applied_when_back(
             == 1
         )
         await asyncio.sleep(2)
-        assert await bed_status(db, "RXN01-WD10-B1-2") is None
+        assert await bed_status(db, "RXN01-WD10-B1-2") == "unoccupied"
 
         broker.start()  # same address, new empty log
-        assert await eventually(lambda: bed_status(db, "RXN01-WD10-B1-2"), timeout=90) == "closed"
+        await bed_becomes(db, "RXN01-WD10-B1-2", "closed", timeout=90)
         assert await bed_status(db, "RXN01-WD10-B1-1") == "occupied"
 
 
@@ -88,18 +100,19 @@ async def test_command_centre_killed_mid_stream_gives_identical_state(
 
         first, second = events[:300], events[300:]
         await asyncio.gather(*(post_all(first[i::8]) for i in range(8)))
-        await eventually(lambda: db.fetchval("SELECT count(*) FROM bed_state"))
+        await eventually(lambda: db.fetchval("SELECT count(*) FROM site_event"))
         stack.stop_service("command-centre", signal.SIGKILL)  # mid-stream: no chance to finish cleanly
         await asyncio.gather(*(post_all(second[i::8]) for i in range(8)))
         stack.start_service("command-centre")
         await asyncio.to_thread(stack.wait_ready, "command-centre")
 
     async def settled() -> bool:
-        rows = await db.fetch("SELECT bed_id, status FROM bed_state")
-        return {r["bed_id"]: r["status"] for r in rows} == {b: v[2] for b, v in expected.items()}
+        statuses = {b: await bed_status(db, b) for b in expected}
+        return statuses == {b: v[2] for b, v in expected.items()}
 
     await eventually(settled, timeout=90)
-    # no double counting: every ward summary agrees with its beds
+    # no double counting: each event applied exactly once, and every ward summary agrees with its beds
+    assert await db.fetchval("SELECT count(*) FROM site_event") == len(events)
     for row in await db.fetch("SELECT ward_id, summary FROM ward_state"):
         summary = orjson.loads(row["summary"])
         statuses = summary["beds"]
@@ -119,7 +132,7 @@ async def test_broker_restart_with_empty_log_carries_on(
             assert (
                 await post_signed(client, url, test_secrets, bed_event(bed, "occupied"))
             ).status_code == 202
-        await eventually(lambda: bed_status(db, "RXN02-W1-B1-2"))
+        await bed_becomes(db, "RXN02-W1-B1-2", "occupied")
         version_before = await db.fetchval("SELECT version FROM ward_state WHERE ward_id = 'RXN02-W1'")
 
         broker.stop()
@@ -133,8 +146,10 @@ async def test_broker_restart_with_empty_log_carries_on(
         assert (
             await post_signed(client, url, test_secrets, bed_event("RXN02-W1-B1-3", "closed"))
         ).status_code == 202
-        delta = await watcher.next("delta", timeout=90)
-        assert delta["ward"]["beds"]["RXN02-W1-B1-3"] == "closed"
+        delta, _ = await watcher.until(
+            lambda d: d.get("ward", {}).get("beds", {}).get("RXN02-W1-B1-3") == "closed", timeout=90
+        )
+        assert delta["ward"]["ward_id"] == "RXN02-W1"
         await watcher.close()
 
     assert await bed_status(db, "RXN02-W1-B1-3") == "closed"
@@ -183,9 +198,7 @@ async def test_external_postgres_via_database_url(
         conn = await asyncpg.connect(external_database_url)
         try:
             assert (
-                await eventually(
-                    lambda: conn.fetchval("SELECT status FROM bed_state WHERE bed_id = 'RXN02-HDU-B1-1'")
-                )
+                await eventually(lambda: conn.fetchval(BED_STATUS, "RXN02-HDU-B1-1", "RXN02-HDU"))
                 == "occupied"
             )
         finally:
