@@ -9,8 +9,11 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
+from services.ingest import json_api
 from services.ingest.api import router
 from services.ingest.group_commit import GroupCommitWriter
+from services.ingest.intake import IngestContext
+from services.ingest.location_source import LocationMapSource
 from shared import problems
 from shared.outbox import OutboxRelay
 from shared.runtime import Runtime, load_runtime
@@ -29,7 +32,16 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             partitions=runtime.settings.topic_partitions,
             retention=timedelta(hours=runtime.settings.outbox_retention_hours),
         )
-        runtime.extra.update(writer=writer, relay=relay)
+        runtime.extra.update(
+            writer=writer,
+            relay=relay,
+            ingest=IngestContext(
+                org=runtime.org,
+                pseudonymisation_key=runtime.secrets.pseudonymisation_key,
+                locations=LocationMapSource(runtime.org, runtime.settings.location_map_file),
+                pool=runtime.db,
+            ),
+        )
         stop = asyncio.Event()
         tasks = [asyncio.create_task(writer.run(), name="group-commit"), asyncio.create_task(relay.run(stop))]
         try:
@@ -44,4 +56,5 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = runtime
     problems.install(app)
     app.include_router(router)
+    app.include_router(json_api.router)
     return app
