@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
-from services.ingest import json_api
+from services.ingest import fhir_api, json_api
 from services.ingest.api import router
 from services.ingest.group_commit import GroupCommitWriter
 from services.ingest.intake import IngestContext
@@ -57,4 +57,5 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(router)
     app.include_router(json_api.router)
+    app.include_router(fhir_api.router)
     return app
