@@ -9,10 +9,10 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
-from services.ingest import fhir_api, json_api
+from services.ingest import fhir_api, json_api, quarantine_replay
 from services.ingest.api import router
 from services.ingest.group_commit import GroupCommitWriter
-from services.ingest.intake import IngestContext
+from services.ingest.intake import IngestContext, Processor
 from services.ingest.location_source import LocationMapSource
 from shared import problems
 from shared.outbox import OutboxRelay
@@ -32,6 +32,12 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             partitions=runtime.settings.topic_partitions,
             retention=timedelta(hours=runtime.settings.outbox_retention_hours),
         )
+        replay_processors: dict[str, Processor] = {
+            "/v1/bed-events": json_api.process_bed_events,
+            "/v1/bed-management": json_api.process_bed_management,
+            "/v1/ed-events": json_api.process_ed,
+            "/v1/pas/fhir": fhir_api.process,
+        }
         runtime.extra.update(
             writer=writer,
             relay=relay,
@@ -41,6 +47,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
                 locations=LocationMapSource(runtime.org, runtime.settings.location_map_file),
                 pool=runtime.db,
             ),
+            replay_processors=replay_processors,
         )
         stop = asyncio.Event()
         tasks = [asyncio.create_task(writer.run(), name="group-commit"), asyncio.create_task(relay.run(stop))]
@@ -58,4 +65,5 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(json_api.router)
     app.include_router(fhir_api.router)
+    app.include_router(quarantine_replay.router)
     return app
