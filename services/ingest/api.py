@@ -34,8 +34,8 @@ router = APIRouter()
         429: {},
     },
 )
-async def post_bed_event(request: Request, runtime: CurrentRuntime) -> Response:
-    return await run_live(request, runtime, process_bed_events, problem_answer)
+async def post_bed_event(request: Request) -> Response:
+    return await run_live(request, process_bed_events, problem_answer)
 
 
 @router.get("/v1/quarantine", summary="Rejected messages, newest first (admin)")

@@ -41,7 +41,6 @@ from services.ingest.intake import Answer, Commit, IngestContext, Message, Rejec
 from shared.events import utcnow
 from shared.outbox import OutboxEvent
 from shared.problems import Problem
-from shared.runtime import CurrentRuntime
 
 router = APIRouter()
 
@@ -110,7 +109,7 @@ class _Refused(Exception):
         self.issues = issues
 
 
-def _version_of(key: str, facts: EncounterFacts, resource: dict[str, Any]) -> str:
+def _version_of(key: str, facts: EncounterFacts, resource: dict[str, Any] | None) -> str:
     if facts.version_id:
         return facts.version_id
     canonical = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
@@ -232,8 +231,11 @@ async def process(ctx: IngestContext, message: Message, commit: Commit, *, repla
         result = EntryResult(entry)
         try:
             result.facts = validate_entry(entry, parsed.bundle_type)
-            assert entry.resource is not None
-            result.version_id = _version_of(ctx.pseudonymisation_key, result.facts, entry.resource)
+            if result.facts.version_id:
+                result.version_id = result.facts.version_id
+            else:
+                resource = parsed.resource_of(entry)
+                result.version_id = _version_of(ctx.pseudonymisation_key, result.facts, resource)
         except FhirInvalid as exc:
             result.status, result.outcome, result.issues = 400, "rejected", exc.issues
         results.append(result)
@@ -269,7 +271,7 @@ async def process(ctx: IngestContext, message: Message, commit: Commit, *, repla
             if result.facts is not None and result.facts.resource_id:
                 response["location"] = f"Encounter/{result.facts.resource_id}/_history/{result.version_id}"
         else:
-            resource = result.entry.resource
+            resource = parsed.resource_of(result.entry)
             raw = orjson.dumps(resource) if resource is not None else b"null"
             answer.rejected.append(Rejected(raw, FHIR_JSON, result.status, response["outcome"]))
         entries.append({"response": response})
@@ -307,5 +309,5 @@ def _rejected_whole(message: Message, status: int, issues: list[Issue]) -> Answe
         429: {},
     },
 )
-async def post_fhir(request: Request, runtime: CurrentRuntime) -> Response:
-    return await run_live(request, runtime, process, render_problem)
+async def post_fhir(request: Request) -> Response:
+    return await run_live(request, process, render_problem)

@@ -154,6 +154,23 @@ class _BundleEntry(_Fast):
     request: _BundleRequest | None = None
 
 
+class _FastEntry(_Fast):
+    fullUrl: UriType | None = None
+    resource: FastEncounter
+    request: _BundleRequest | None = None
+
+
+class FastBundle(_Fast):
+    """A whole Bundle of Encounters in one validation from the raw bytes (the usual, quick case)."""
+
+    resourceType: Literal["Bundle"]
+    id: IdType | None = None
+    meta: _Meta | None = None
+    type: CodeType
+    timestamp: InstantType | None = None
+    entry: list[_FastEntry]
+
+
 class FastBundleShell(_Fast):
     resourceType: Literal["Bundle"]
     id: IdType | None = None
@@ -365,7 +382,8 @@ class BundleEntry:
     method: str | None
     url: str | None
     full_url: str | None
-    resource: dict[str, Any] | None
+    resource: dict[str, Any] | None = None  # decoded, when it was checked on its own
+    model: FastEncounter | None = None  # validated already, when the whole body took the fast path
 
 
 @dataclass
@@ -374,10 +392,50 @@ class ParsedBody:
 
     bundle_type: Literal["transaction", "batch"] | None
     entries: list[BundleEntry]
+    raw: bytes = b""
+    _decoded: Any = None
+
+    def resource_of(self, entry: BundleEntry) -> dict[str, Any] | None:
+        """The entry's resource as sent (decoded on demand: the fast path never needed it)."""
+        if entry.resource is not None or entry.model is None:
+            return entry.resource
+        if self._decoded is None:
+            self._decoded = orjson.loads(self.raw)
+        if self.bundle_type is None:
+            return dict(self._decoded)
+        resource = self._decoded["entry"][entry.index]["resource"]
+        return dict(resource)
+
+
+def _parse_fast(raw: bytes) -> ParsedBody | None:
+    """The whole body in one validation, when it is within the fast model; None sends it the long way."""
+    try:
+        if b'"Bundle"' in raw[:200] or b'"Bundle"' in raw[-200:]:
+            bundle = FastBundle.model_validate_json(raw)
+        else:
+            encounter = FastEncounter.model_validate_json(raw)
+            return ParsedBody(None, [BundleEntry(0, None, None, None, model=encounter)], raw)
+    except ValidationError:
+        return None
+    if bundle.type not in ("transaction", "batch") or not bundle.entry:
+        return None  # the long way gives the proper answer
+    entries = [
+        BundleEntry(
+            index,
+            entry.request.method if entry.request is not None else None,
+            entry.request.url if entry.request is not None else None,
+            entry.fullUrl,
+            model=entry.resource,
+        )
+        for index, entry in enumerate(bundle.entry)
+    ]
+    return ParsedBody(bundle.type, entries, raw)  # type: ignore[arg-type]
 
 
 def parse_body(raw: bytes, *, fast: bool = True) -> ParsedBody:
     """Decode the body and check the Bundle around the resources; the resources are checked one by one."""
+    if fast and (parsed := _parse_fast(raw)) is not None:
+        return parsed
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -386,7 +444,7 @@ def parse_body(raw: bytes, *, fast: bool = True) -> ParsedBody:
         raise FhirInvalid([Issue("structure", "expected a JSON object (a FHIR resource)")])
     kind = data.get("resourceType")
     if kind == "Encounter":
-        return ParsedBody(None, [BundleEntry(0, None, None, None, data)])
+        return ParsedBody(None, [BundleEntry(0, None, None, None, data)], raw)
     if kind != "Bundle":
         raise FhirInvalid(
             [
@@ -438,13 +496,13 @@ def parse_body(raw: bytes, *, fast: bool = True) -> ParsedBody:
     ]
     if not entries:
         raise FhirInvalid([Issue("required", "the Bundle has no entries", "Bundle.entry")])
-    return ParsedBody(bundle.type, entries)
+    return ParsedBody(bundle.type, entries, raw)
 
 
 def validate_entry(entry: BundleEntry, bundle_type: str | None, *, fast: bool = True) -> EncounterFacts:
     prefix = "Encounter" if bundle_type is None else f"Bundle.entry[{entry.index}].resource"
     if bundle_type is not None:
-        if entry.resource is None:
+        if entry.resource is None and entry.model is None:
             raise FhirInvalid(
                 [Issue("required", "the entry has no resource", f"Bundle.entry[{entry.index}].resource")]
             )
@@ -458,4 +516,8 @@ def validate_entry(entry: BundleEntry, bundle_type: str | None, *, fast: bool = 
                     )
                 ]
             )
+    if entry.model is not None:
+        facts = facts_of(entry.model)
+        _check_codes(facts, prefix)
+        return facts
     return validate_encounter(entry.resource, prefix, fast=fast)

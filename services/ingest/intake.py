@@ -129,10 +129,13 @@ def context_of(runtime: Runtime) -> IngestContext:
     return ctx
 
 
-async def run_live(
-    request: Request, runtime: Runtime, processor: Processor, render_error: ErrorRenderer
-) -> Response:
-    """Read, authenticate, process and answer one webhook request; quarantine whatever was rejected."""
+async def run_live(request: Request, processor: Processor, render_error: ErrorRenderer) -> Response:
+    """Read, authenticate, process and answer one webhook request; quarantine whatever was rejected.
+
+    Webhook routes take no dependencies: FastAPI runs a plain-function dependency (such as
+    `CurrentRuntime`) in a thread pool, which costs more than the rest of a small request.
+    """
+    runtime: Runtime = request.app.state.runtime
     endpoint = request.url.path
     content_type = request.headers.get("content-type", "")
     source = request.headers.get(SOURCE_HEADER)

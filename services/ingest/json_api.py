@@ -12,7 +12,6 @@ from fastapi.responses import Response
 from services.ingest import bed_events, bed_management, ed_events, json_batches
 from services.ingest.bed_management import BedActionIn
 from services.ingest.intake import Answer, Commit, IngestContext, Message, problem_answer, run_live
-from shared.runtime import CurrentRuntime
 
 router = APIRouter()
 
@@ -80,8 +79,8 @@ _RESPONSES: dict[int | str, dict[str, str]] = {
     },
     responses=_RESPONSES,
 )
-async def post_ed_events(request: Request, runtime: CurrentRuntime) -> Response:
-    return await run_live(request, runtime, process_ed, problem_answer)
+async def post_ed_events(request: Request) -> Response:
+    return await run_live(request, process_ed, problem_answer)
 
 
 @router.post(
@@ -95,5 +94,5 @@ async def post_ed_events(request: Request, runtime: CurrentRuntime) -> Response:
     },
     responses=_RESPONSES,
 )
-async def post_bed_management(request: Request, runtime: CurrentRuntime) -> Response:
-    return await run_live(request, runtime, process_bed_management, problem_answer)
+async def post_bed_management(request: Request) -> Response:
+    return await run_live(request, process_bed_management, problem_answer)

@@ -290,3 +290,29 @@ def test_answers_are_valid_fhir() -> None:
             "entry": [{"response": {"status": "200 OK", "etag": 'W/"1"', "outcome": outcome}}],
         }
     )
+
+
+def test_a_whole_bundle_takes_the_fast_path_with_the_same_facts_as_the_long_way() -> None:
+    raw = orjson.dumps(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": {**TYPICAL, "id": f"e{n}"},
+                    "request": {"method": "PUT", "url": f"Encounter/e{n}"},
+                }
+                for n in range(3)
+            ],
+        }
+    )
+    quick, slow = parse_body(raw), parse_body(raw, fast=False)
+    assert all(e.model is not None and e.resource is None for e in quick.entries)
+    assert all(e.model is None and e.resource is not None for e in slow.entries)
+    assert [validate_entry(e, "transaction") for e in quick.entries] == [
+        validate_entry(e, "transaction", fast=False) for e in slow.entries
+    ]
+    assert quick.resource_of(quick.entries[2]) == slow.entries[2].resource
+    single = parse_body(orjson.dumps(TYPICAL))
+    assert single.bundle_type is None and single.entries[0].model is not None
+    assert single.resource_of(single.entries[0]) == TYPICAL
