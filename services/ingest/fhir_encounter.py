@@ -24,6 +24,8 @@ what is known produces no event; an older numeric version than the last seen is 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -122,9 +124,15 @@ def encounter_class(facts: EncounterFacts) -> EncounterClass | None:
 
 
 def encounter_key(key: str, source: str, facts: EncounterFacts) -> str:
-    """Pseudonymous identity of the resource at this source (what idempotency and state are kept by)."""
-    ident = f"Encounter/{facts.resource_id}" if facts.resource_id else f"identifier/{facts.visit_number}"
-    return pseudonymise(key, IdKind.encounter, ident, issuer=f"fhir:{source}")
+    """Pseudonymous identity of the resource at this source (what idempotency and state are kept by).
+
+    Keyed like the pseudonyms but over the exact id: `pseudonymise` normalises away punctuation
+    (right for NHS numbers), and FHIR ids `a-1` and `a1` are different resources.
+    """
+    ident = (
+        f"{source}|Encounter/{facts.resource_id}" if facts.resource_id else f"{source}|V/{facts.visit_number}"
+    )
+    return "fhir:" + hmac.new(key.encode(), ident.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def acuity_of_priority(facts: EncounterFacts) -> int | None:

@@ -188,3 +188,13 @@ def test_events_are_pseudonymous_and_ids_stable_per_version(org: Organisation) -
     assert first.known is not None and first.known.location == Location(
         ward_id="RXN01-AMU", bed_id="RXN01-AMU-B1-1", pas_code="AMU^B1^1^RXN01"
     )
+
+
+def test_ids_differing_only_in_punctuation_are_different_encounters(org: Organisation) -> None:
+    from services.ingest.fhir_encounter import encounter_key
+
+    one = validate_encounter({**resource("in-progress"), "id": "a-1"})
+    other = validate_encounter({**resource("in-progress"), "id": "a1"})
+    assert encounter_key(KEY, "pas", one) != encounter_key(KEY, "pas", other)
+    assert encounter_key(KEY, "pas", one) != encounter_key(KEY, "pas2", one)
+    assert encounter_key(KEY, "pas", one) == encounter_key(KEY, "pas", one)
