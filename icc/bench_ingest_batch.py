@@ -39,6 +39,7 @@ from icc.embedded import free_port
 from icc.stack import Stack
 from shared.auth import SOURCE_HEADER, sign_webhook
 from shared.organisation import load_organisation
+from shared.outbox import RELAY_LOCK
 from shared.secrets_store import Secrets, load_or_create
 from shared.settings import Settings
 
@@ -351,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m icc.bench_ingest_batch", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per interface")
+    parser.add_argument(
+        "--relay-elsewhere",
+        action="store_true",
+        help="hold the relay election so that ingest does not publish (as when command-centre relays)",
+    )
     args = parser.parse_args(argv)
     data = Path(tempfile.mkdtemp(prefix="icc-bench-ingest-"))
     settings = Settings(
@@ -370,10 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"starting embedded PostgreSQL, broker and one ingest worker in {data} …", flush=True)
         stack.start_infrastructure()
+        holder = asyncio.run(_hold_relay(stack.database_url)) if args.relay_elsewhere else None
         # no rate limit: this is a load test of one machine's ingest, not of the limiter
         stack.start_service("ingest", ICC_RATE_LIMIT_PER_SECOND="0", ICC_MAX_BODY_BYTES=str(4 * 1024 * 1024))
         stack.wait_ready("ingest")
         phases = asyncio.run(measure(stack, secrets, args.seconds))
+        if holder is not None:
+            print("(the outbox relay was held off: these are commit rates without publishing)")
         outbox_rows = asyncio.run(_count_outbox(stack.database_url))
         report(phases, outbox_rows)
         print(f"(whole run {time.monotonic() - began:.0f} s)")
@@ -381,6 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
         shutil.rmtree(data, ignore_errors=True)
     return 0
+
+
+async def _hold_relay(url: str) -> asyncpg.Connection:
+    """Win the relay election before ingest starts; the session lock lasts until this process exits."""
+    conn = await asyncpg.connect(url)
+    await conn.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK)
+    return conn
 
 
 async def _count_outbox(url: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -49,6 +50,10 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             ),
             replay_processors=replay_processors,
         )
+        # The modules loaded by now (FHIR models, the organisation) are some 10^5 long-lived objects that
+        # every full collection would walk again while a large batch allocates; keep them out of it.
+        gc.collect()
+        gc.freeze()
         stop = asyncio.Event()
         tasks = [asyncio.create_task(writer.run(), name="group-commit"), asyncio.create_task(relay.run(stop))]
         try:

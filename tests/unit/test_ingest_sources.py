@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.ingest.location_source import LocationMapSource
 from services.ingest.patient_ids import nhs_number_valid, patient_pseudonym
@@ -13,6 +15,7 @@ from services.ingest.source_auth import RateLimiter
 from shared.auth import AuthError, api_key_digest, verify_api_key
 from shared.organisation import Organisation
 from shared.problems import Problem
+from shared.pseudonymise import normalise
 
 pytestmark = pytest.mark.unit
 
@@ -108,3 +111,8 @@ def test_location_map_is_reloaded_when_its_file_changes(tmp_path: Path, org: Org
     clock.now += 2
     assert source.current().site_for_facility("RXNOLD") == "RXN01"  # the bad file keeps the last good map
     assert source.error is not None and "NOWHERE" in source.error
+
+
+@given(st.text())
+def test_normalise_keeps_its_meaning_with_the_fast_path(value: str) -> None:
+    assert normalise(value) == "".join(ch for ch in value.strip().upper() if ch.isalnum())
