@@ -20,6 +20,7 @@ from shared.organisation import Organisation
 SIGNATURE_HEADER = "X-ICC-Signature"
 TIMESTAMP_HEADER = "X-ICC-Timestamp"
 SOURCE_HEADER = "X-ICC-Source"
+API_KEY_HEADER = "X-ICC-Api-Key"
 JWT_ALGORITHM = "HS256"
 JWT_ISSUER = "icc"
 
@@ -162,3 +163,29 @@ def verify_webhook(
     if not hmac.compare_digest(expected, signature):
         raise AuthError("signature does not match")
     return source
+
+
+def api_key_digest(key: str) -> str:
+    """What the server needs to keep of an API key: `sha256:` + the hex digest."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def verify_api_key(keys_by_source: dict[str, str], *, presented: str, source: str | None) -> str:
+    """Return the source whose API key was presented, or raise AuthError.
+
+    Stored values are keys or their digests; every source is compared, in constant time, so the
+    answer's timing says nothing about which source or how much of a key matched.
+    """
+    if not presented:
+        raise AuthError(f"empty {API_KEY_HEADER} header")
+    presented_digest = api_key_digest(presented).encode()
+    found: str | None = None
+    for name, stored in keys_by_source.items():
+        stored_digest = stored if stored.startswith("sha256:") else api_key_digest(stored)
+        if hmac.compare_digest(presented_digest, stored_digest.encode()):
+            found = name
+    if found is None:
+        raise AuthError("API key not recognised")
+    if source and source != found:
+        raise AuthError(f"the API key does not belong to source {source!r}")
+    return found

@@ -20,6 +20,9 @@ class Secrets(BaseModel):
     jwt_secret: str = Field(min_length=32)
     pseudonymisation_key: str = Field(min_length=32)
     webhook_secrets: dict[str, str] = Field(description="source name → HMAC key")
+    # An alternative to signing: a source may send its key in X-ICC-Api-Key. The value is the key
+    # itself or only its digest (`sha256:<hex>`), which is all the server needs to check it.
+    api_keys: dict[str, str] = Field(default_factory=dict, description="source name → API key or digest")
 
 
 def generate() -> Secrets:
@@ -27,6 +30,7 @@ def generate() -> Secrets:
         jwt_secret=secrets.token_urlsafe(48),
         pseudonymisation_key=secrets.token_urlsafe(48),
         webhook_secrets={source: secrets.token_urlsafe(32) for source in DEFAULT_SOURCES},
+        api_keys={source: secrets.token_urlsafe(32) for source in DEFAULT_SOURCES},
     )
 
 

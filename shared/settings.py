@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     outbox_retention_hours: float = Field(default=24.0, alias="ICC_OUTBOX_RETENTION_HOURS")
     max_body_bytes: int = Field(default=1_048_576, alias="ICC_MAX_BODY_BYTES")
     webhook_max_skew_seconds: int = Field(default=300, alias="ICC_WEBHOOK_MAX_SKEW_SECONDS")
+    # Per source and per ingest replica (token bucket); 0 requests/s turns the limit off.
+    rate_limit_per_second: float = Field(default=200.0, ge=0, alias="ICC_RATE_LIMIT_PER_SECOND")
+    rate_limit_burst: int = Field(default=400, ge=1, alias="ICC_RATE_LIMIT_BURST")
+    location_map_file: Path | None = Field(default=None, alias="ICC_LOCATION_MAP_FILE")
     consumer_group: str = Field(default="icc-command-centre", alias="ICC_CONSUMER_GROUP")
 
     @model_validator(mode="after")

@@ -10,8 +10,18 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, LargeBinary, PrimaryKeyConstraint, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlmodel import Field, SQLModel
 
 
@@ -46,6 +56,13 @@ class Quarantine(SQLModel, table=True):
     status_code: int
     problem: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     received_at: datetime = _ts()
+    # Replay after a fix: every attempt is counted with its outcome; a successful one links what it made.
+    replay_count: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    last_replay_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    last_replay_outcome: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    replayed_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    raw_message_id: int | None = Field(default=None, sa_column=Column(BigInteger))
+    event_ids: list[uuid.UUID] | None = Field(default=None, sa_column=Column(ARRAY(Uuid)))
 
 
 class Outbox(SQLModel, table=True):
@@ -162,3 +179,34 @@ class DeclaredOpel(SQLModel, table=True):
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
     withdrawn_by: str | None = None
+
+
+class FhirEncounterState(SQLModel, table=True):
+    """What ingest last knew of a FHIR Encounter, to tell an admission from a transfer.
+
+    `encounter_key` is pseudonymised (source + logical id); `location` is a canonical `Location`.
+    """
+
+    __tablename__ = "fhir_encounter_state"
+    encounter_key: str = Field(primary_key=True)
+    site_id: str
+    encounter_class: str
+    status: str
+    location: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    version_id: str
+    updated_at: datetime = _ts()
+
+
+class FhirEncounterVersion(SQLModel, table=True):
+    """Every Encounter version processed, with the events it produced: a re-post gets the same answer."""
+
+    __tablename__ = "fhir_encounter_version"
+    __table_args__ = (
+        PrimaryKeyConstraint("encounter_key", "version_id"),
+        Index("ix_fhir_encounter_version_created_at", "created_at"),
+    )
+    encounter_key: str
+    version_id: str
+    outcome: str
+    event_ids: list[uuid.UUID] = Field(sa_column=Column(ARRAY(Uuid), nullable=False))
+    created_at: datetime = _ts()

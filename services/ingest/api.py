@@ -6,88 +6,36 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse
-from pydantic import ValidationError
+from fastapi.responses import ORJSONResponse, Response
 
-from services.ingest.bed_events import BedEventIn, to_event
-from services.ingest.group_commit import GroupCommitWriter, Inbound
-from shared.auth import SIGNATURE_HEADER, SOURCE_HEADER, TIMESTAMP_HEADER, AuthError, Role, verify_webhook
-from shared.problems import Problem, validation_problem
-from shared.runtime import CurrentRuntime, CurrentUser, Runtime, readiness
+from services.ingest.bed_events import BedEventIn
+from services.ingest.intake import problem_answer, run_live
+from services.ingest.json_api import process_bed_events
+from shared.auth import Role
+from shared.problems import Problem
+from shared.runtime import CurrentRuntime, CurrentUser, readiness
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-async def _quarantine(
-    runtime: Runtime, request: Request, body: bytes, source: str | None, problem: Problem
-) -> None:
-    await runtime.db.execute(
-        "INSERT INTO quarantine (source, endpoint, content_type, body, status_code, problem) "
-        "VALUES ($1, $2, $3, $4, $5, $6)",
-        source,
-        request.url.path,
-        request.headers.get("content-type", ""),
-        body,
-        problem.status,
-        problem.body(request.url.path),
-    )
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Problem(413, "too-large", "Request body too large", f"the limit is {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise Problem(413, "too-large", "Request body too large", f"the limit is {limit} bytes")
-    return bytes(body)
-
-
 @router.post(
     "/v1/bed-events",
     status_code=202,
-    summary="Report one bed's new status (HMAC-signed webhook)",
+    summary="Report one bed's new status (HMAC-signed or API-key webhook)",
     openapi_extra={
         "requestBody": {"content": {"application/json": {"schema": BedEventIn.model_json_schema()}}}
     },
-    responses={202: {"description": "committed; will reach the live state"}, 401: {}, 413: {}, 422: {}},
+    responses={
+        202: {"description": "committed; will reach the live state"},
+        401: {},
+        413: {},
+        422: {},
+        429: {},
+    },
 )
-async def post_bed_event(request: Request, runtime: CurrentRuntime) -> ORJSONResponse:
-    settings = runtime.settings
-    source = request.headers.get(SOURCE_HEADER)
-    body = b""
-    try:
-        body = await _read_body(request, settings.max_body_bytes)
-        try:
-            source = verify_webhook(
-                runtime.secrets.webhook_secrets,
-                source=source,
-                timestamp=request.headers.get(TIMESTAMP_HEADER),
-                signature=request.headers.get(SIGNATURE_HEADER),
-                body=body,
-                max_skew_seconds=settings.webhook_max_skew_seconds,
-            )
-        except AuthError as exc:
-            raise Problem(401, "bad-signature", "Webhook not authenticated", exc.detail) from exc
-        try:
-            parsed = BedEventIn.model_validate_json(body)
-        except ValidationError as exc:
-            raise validation_problem(exc) from exc
-        event = to_event(parsed, source=source, org=runtime.org)
-    except Problem as problem:
-        await _quarantine(runtime, request, body, source, problem)
-        raise
-    writer: GroupCommitWriter = runtime.extra["writer"]
-    inserted = await writer.submit(
-        Inbound(source, request.url.path, request.headers.get("content-type", ""), body, [event])
-    )
-    return ORJSONResponse(
-        {"status": "accepted", "event_id": str(event.event_id), "duplicate": event.event_id not in inserted},
-        status_code=202,
-    )
+async def post_bed_event(request: Request) -> Response:
+    return await run_live(request, process_bed_events, problem_answer)
 
 
 @router.get("/v1/quarantine", summary="Rejected messages, newest first (admin)")
@@ -99,7 +47,8 @@ async def list_quarantine(
             403, "forbidden", "Admins only", "the quarantine holds raw messages; it needs the admin role"
         )
     rows = await runtime.db.fetch(
-        "SELECT id, source, endpoint, content_type, status_code, problem, received_at, length(body) AS size "
+        "SELECT id, source, endpoint, content_type, status_code, problem, received_at, length(body) AS size, "
+        "replay_count, last_replay_at, replayed_at, raw_message_id, event_ids "
         "FROM quarantine WHERE ($1::bigint IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
         before_id,
         min(max(limit, 1), 500),

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from fastapi import FastAPI
 
+from services.ingest import fhir_api, json_api, quarantine_replay
 from services.ingest.api import router
 from services.ingest.group_commit import GroupCommitWriter
+from services.ingest.intake import IngestContext, Processor
+from services.ingest.location_source import LocationMapSource
 from shared import problems
 from shared.outbox import OutboxRelay
 from shared.runtime import Runtime, load_runtime
@@ -29,7 +33,27 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             partitions=runtime.settings.topic_partitions,
             retention=timedelta(hours=runtime.settings.outbox_retention_hours),
         )
-        runtime.extra.update(writer=writer, relay=relay)
+        replay_processors: dict[str, Processor] = {
+            "/v1/bed-events": json_api.process_bed_events,
+            "/v1/bed-management": json_api.process_bed_management,
+            "/v1/ed-events": json_api.process_ed,
+            "/v1/pas/fhir": fhir_api.process,
+        }
+        runtime.extra.update(
+            writer=writer,
+            relay=relay,
+            ingest=IngestContext(
+                org=runtime.org,
+                pseudonymisation_key=runtime.secrets.pseudonymisation_key,
+                locations=LocationMapSource(runtime.org, runtime.settings.location_map_file),
+                pool=runtime.db,
+            ),
+            replay_processors=replay_processors,
+        )
+        # The modules loaded by now (FHIR models, the organisation) are some 10^5 long-lived objects that
+        # every full collection would walk again while a large batch allocates; keep them out of it.
+        gc.collect()
+        gc.freeze()
         stop = asyncio.Event()
         tasks = [asyncio.create_task(writer.run(), name="group-commit"), asyncio.create_task(relay.run(stop))]
         try:
@@ -44,4 +68,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = runtime
     problems.install(app)
     app.include_router(router)
+    app.include_router(json_api.router)
+    app.include_router(fhir_api.router)
+    app.include_router(quarantine_replay.router)
     return app

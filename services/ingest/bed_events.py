@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from shared import topics
 from shared.events import BedStatus, BedStatusChanged, Envelope
 from shared.organisation import Organisation
 from shared.outbox import OutboxEvent
-from shared.problems import Problem
+from shared.problems import Problem, validation_problem
 
 # Event ids derived from content when a sender gives none: a re-sent identical message dedups.
 _CONTENT_NAMESPACE = uuid.UUID("2f1c7d1e-5d0b-4c55-9a53-0c3f5e1b7a10")
@@ -60,3 +60,12 @@ def to_event(body: BedEventIn, *, source: str, org: Organisation) -> OutboxEvent
     return OutboxEvent(
         envelope.event_id, topics.BEDS.name, body.site_id, envelope.to_json(), envelope.event_type
     )
+
+
+def map_message(raw: bytes, *, source: str, org: Organisation) -> list[OutboxEvent]:
+    """One JSON body → its event, or a `Problem` naming the field."""
+    try:
+        body = BedEventIn.model_validate_json(raw)
+    except ValidationError as exc:
+        raise validation_problem(exc) from exc
+    return [to_event(body, source=source, org=org)]

@@ -10,14 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 
-from shared.outbox import OutboxEvent, append
+from shared.outbox import APPEND_LOCK, OutboxEvent, append
 
 log = logging.getLogger(__name__)
+
+
+# Events that depend on what the database already knows (a FHIR encounter's last location) are made
+# inside the commit's transaction, after the append lock, so concurrent messages see each other's result.
+Prepare = Callable[[asyncpg.Connection], Awaitable[Sequence[OutboxEvent]]]
 
 
 @dataclass
@@ -27,9 +32,12 @@ class Inbound:
     content_type: str
     body: bytes
     events: Sequence[OutboxEvent]
+    prepare: Prepare | None = None
     done: asyncio.Future[set[uuid.UUID]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    raw_id: int | None = None  # the raw_message row, once committed
+    error: Exception | None = None  # why `prepare` refused this message (the others still commit)
 
 
 class GroupCommitWriter:
@@ -58,22 +66,57 @@ class GroupCommitWriter:
                         item.done.set_exception(exc)
                 continue
             for item in batch:
-                if not item.done.done():
+                if item.done.done():
+                    continue
+                if item.error is not None:
+                    item.done.set_exception(item.error)
+                else:
                     item.done.set_result({e.event_id for e in item.events} & inserted)
 
     async def _commit(self, batch: list[Inbound]) -> set[uuid.UUID]:
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                """
-                INSERT INTO raw_message (source, endpoint, content_type, body, event_count)
-                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int[])
-                """,
-                [i.source for i in batch],
-                [i.endpoint for i in batch],
-                [i.content_type for i in batch],
-                [i.body for i in batch],
-                [len(i.events) for i in batch],
-            )
-            inserted = await append(conn, [e for i in batch for e in i.events])
+            inserted = await write_batch(conn, batch)
         self.batches += 1
         return inserted
+
+
+async def write_batch(conn: asyncpg.Connection, batch: Sequence[Inbound]) -> set[uuid.UUID]:
+    """Write raw messages and their events inside the caller's transaction; set each item's `raw_id`.
+
+    An item whose `prepare` raises gets `error` set and is left out; its partial writes roll back
+    to a savepoint, so the rest of the batch commits.
+    """
+    if any(i.prepare is not None for i in batch):
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
+    kept: list[Inbound] = []
+    for item in batch:
+        if item.prepare is not None:
+            try:
+                async with conn.transaction():
+                    item.events = [*item.events, *await item.prepare(conn)]
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                raise
+            except Exception as exc:  # isolated: handed to the waiting request, which answers it
+                item.error = exc
+                continue
+        kept.append(item)
+    if not kept:
+        return set()
+    ids = await conn.fetch(
+        "SELECT nextval(pg_get_serial_sequence('raw_message', 'id')) FROM generate_series(1, $1)", len(kept)
+    )
+    for item, row in zip(kept, ids, strict=True):
+        item.raw_id = int(row[0])
+    await conn.execute(
+        """
+        INSERT INTO raw_message (id, source, endpoint, content_type, body, event_count)
+        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int[])
+        """,
+        [i.raw_id for i in kept],
+        [i.source for i in kept],
+        [i.endpoint for i in kept],
+        [i.content_type for i in kept],
+        [i.body for i in kept],
+        [len(i.events) for i in kept],
+    )
+    return await append(conn, [e for i in kept for e in i.events])
