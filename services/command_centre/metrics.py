@@ -132,7 +132,9 @@ def ward_metrics(state: SiteState, ward: Ward, now: datetime) -> WardMetrics:
     for encounter in state.encounters.values():
         state_name, ward_id = encounter.state, encounter.ward_id
         changed_at = encounter.status.stamp[0]
-        if ward_id == ward.id:
+        if state_name == "preadmitted":
+            pending += encounter.pending_ward == ward.id
+        elif ward_id == ward.id:
             if state_name == "active":
                 patients += 1
                 specialty = encounter.specialty.value if encounter.specialty else None
@@ -142,8 +144,6 @@ def ward_metrics(state: SiteState, ward: Ward, now: datetime) -> WardMetrics:
                     expected += 1
                 if encounter.on_leave and encounter.on_leave.value:
                     on_leave += 1
-            elif state_name == "preadmitted":
-                pending += 1
             elif state_name == "discharged" and midnight <= changed_at <= now:
                 discharges += 1
         if state_name != "cancelled":

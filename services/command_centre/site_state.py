@@ -83,10 +83,17 @@ class Encounter:
     specialty: Register | None = None
     expected_discharge: Register | None = None
     on_leave: Register | None = None
+    planned: Register | None = None  # a pre-admission's intended ward (A05): pending until admitted
 
     @property
     def state(self) -> str:
-        return str(self.status.value[0])
+        """active / discharged / cancelled; `preadmitted` while only a pre-admission is known."""
+        state = str(self.status.value[0])
+        return "preadmitted" if state == "none" and self.planned is not None else state
+
+    @property
+    def pending_ward(self) -> str | None:
+        return self.planned.value if self.planned is not None and self.state == "preadmitted" else None
 
     @property
     def ward_id(self) -> str | None:
@@ -227,9 +234,9 @@ class SiteState:
                 encounter = self._encounter(payload.encounter_id, stamp)
                 if payload.specialty:
                     encounter.specialty = _max_register(encounter.specialty, payload.specialty, stamp)
-                if encounter.state in ("none", "preadmitted"):
-                    location = payload.location or Location()
-                    encounter.status.offer(("preadmitted", location.ward_id, None), stamp)
+                # kept apart from the status, so an admission wins whichever arrives first
+                ward = payload.location.ward_id if payload.location else None
+                encounter.planned = _max_register(encounter.planned, ward, stamp)
                 return {payload.location.ward_id or ""} if payload.location else {""}
             case LeaveOfAbsence():
                 encounter = self._encounter(payload.encounter_id, stamp)
@@ -273,15 +280,18 @@ class SiteState:
         if not location.mapped:
             self.unmapped_locations += 1
         previous_ward = encounter.ward_id
-        if not encounter.status.offer((status, location.ward_id, location.bed_id), stamp):
-            return set()
-        changed = {previous_ward or "", location.ward_id or ""}
-        if location.bed_id:
-            changed |= self._bed(location.bed_id, BedStatus.occupied, stamp)
+        # The bed is written whether or not this is the encounter's latest news: the bed's own
+        # register orders it against everything else that happened to that bed.
+        changed = self._bed(location.bed_id, BedStatus.occupied, stamp) if location.bed_id else set()
+        if encounter.status.offer((status, location.ward_id, location.bed_id), stamp):
+            changed |= {previous_ward or "", location.ward_id or ""}
         return changed
 
     def _vacate(self, bed_id: str | None, stamp: Stamp) -> set[str]:
-        return self._bed(bed_id, BedStatus.unoccupied, stamp) if bed_id else set()
+        """A bed given up: unoccupied, and its no-criteria-to-reside flag goes with the patient."""
+        if not bed_id:
+            return set()
+        return self._bed(bed_id, BedStatus.unoccupied, stamp) | self._ncr(bed_id, False, stamp)
 
     def _bed(self, bed_id: str, status: BedStatus, stamp: Stamp) -> set[str]:
         ward = self.ward_of_bed.get(bed_id)

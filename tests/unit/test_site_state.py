@@ -34,6 +34,7 @@ from shared.events import (
     Location,
     PatientAdmitted,
     PatientDischarged,
+    PatientPreadmitted,
     PatientsSwapped,
     PatientTransferred,
     Payload,
@@ -470,5 +471,22 @@ def test_a_superseded_admission_gives_the_same_beds_in_either_order() -> None:
     in_order, reversed_order = new_state(first, corrected), new_state(corrected, first)
 
     assert where(in_order, "e1") == where(reversed_order, "e1") == ("active", WD10, BED_D)
+    assert in_order.bed_status(BED_A) == reversed_order.bed_status(BED_A)
+    assert observable(in_order) == observable(reversed_order)
+
+
+def test_same_time_preadmission_and_admission_give_the_same_state_in_either_order() -> None:
+    """A05 and A01 stamped with the same time: the encounter and its bed end the same either way.
+
+    The A05's event id is higher, so it counts as the later of the two.
+    """
+    admitted = event(PatientAdmitted(encounter_id="e1", location=loc(BED_A)), T1, uuid.UUID(int=1))
+    preadmitted = event(
+        PatientPreadmitted(encounter_id="e1", location=Location(ward_id=AMU)), T1, uuid.UUID(int=2)
+    )
+
+    in_order, reversed_order = new_state(admitted, preadmitted), new_state(preadmitted, admitted)
+
+    assert where(in_order, "e1") == where(reversed_order, "e1")
     assert in_order.bed_status(BED_A) == reversed_order.bed_status(BED_A)
     assert observable(in_order) == observable(reversed_order)
