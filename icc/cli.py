@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -116,10 +117,12 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from icc.stack import SERVICES, Stack
+    from icc.stack import DEFAULT_MLLP_PORT, SERVICES, Stack
     from shared.auth import Role, mint_token
     from shared.secrets_store import load_or_create
 
+    if "ICC_MLLP_PORT" not in os.environ:
+        settings = settings.model_copy(update={"mllp_port": DEFAULT_MLLP_PORT})
     stack = Stack(settings)
     stopping = False
 
@@ -147,6 +150,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         print()
         for name in SERVICES:
             print(f"  {name:<15} {stack.url_of(name)}")
+        if stack.mllp_address is not None:
+            host, port = stack.mllp_address
+            print(f"  {'HL7 over MLLP':<15} tcp://{host}:{port} (source per ICC_MLLP_SOURCES)")
         print(f"\nWall display:  {stack.url_of('gateway')}/#token={token}")
         print(f"Dev credentials (JWT key, webhook secrets): {settings.resolved_secrets_file.resolve()}")
         print("Mint more tokens with `icc token --role site_manager --scope site:RXN01`.")

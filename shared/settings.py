@@ -18,6 +18,10 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", alias="DATABASE_URL")
     kafka_bootstrap: str = Field(default="", alias="KAFKA_BOOTSTRAP")
     org_file: Path = Field(default=Path("deploy/org/sample-icb.yaml"), alias="ICC_ORG_FILE")
+    # Aliases of PAS location codes beyond those the organisation file names (a missing file is no aliases).
+    location_map_file: Path = Field(
+        default=Path("deploy/org/location-map.yaml"), alias="ICC_LOCATION_MAP_FILE"
+    )
     secrets_file: Path | None = Field(default=None, alias="ICC_SECRETS_FILE")
 
     host: str = Field(default="127.0.0.1", alias="ICC_HOST")
@@ -25,6 +29,11 @@ class Settings(BaseSettings):
     command_centre_port: int = Field(default=8702, alias="ICC_COMMAND_CENTRE_PORT")
     gateway_port: int = Field(default=8703, alias="ICC_GATEWAY_PORT")
     broker_port: int = Field(default=9092, alias="ICC_BROKER_PORT")
+    # HL7 v2 over MLLP (TCP) into ingest: 0 is off; `icc up` turns it on at 2575.
+    mllp_port: int = Field(default=0, alias="ICC_MLLP_PORT")
+    mllp_host: str = Field(default="127.0.0.1", alias="ICC_MLLP_HOST")
+    # Who may connect, and which source each address speaks for: `address-or-network=source, …`.
+    mllp_sources: str = Field(default="127.0.0.1=pas,::1=pas", alias="ICC_MLLP_SOURCES")
 
     topic_partitions: int = Field(default=6, alias="ICC_TOPIC_PARTITIONS")
     outbox_retention_hours: float = Field(default=24.0, alias="ICC_OUTBOX_RETENTION_HOURS")

@@ -11,30 +11,51 @@ from fastapi import FastAPI
 
 from services.ingest.api import router
 from services.ingest.group_commit import GroupCommitWriter
+from services.ingest.hl7_intake import Hl7Bookkeeping, Hl7Intake
+from services.ingest.hl7_routes import router as hl7_router
+from services.ingest.mllp import MllpServer, parse_allow_list
 from shared import problems
+from shared.location_map import load_location_map
 from shared.outbox import OutboxRelay
 from shared.runtime import Runtime, load_runtime
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     runtime = runtime or load_runtime()
+    settings = runtime.settings
+    locations = load_location_map(runtime.org, settings.location_map_file)
+    mllp_rules = parse_allow_list(settings.mllp_sources)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
-        writer = GroupCommitWriter(runtime.db)
+        writer = GroupCommitWriter(runtime.db, steps=[Hl7Bookkeeping()])
         relay = OutboxRelay(
             runtime.database_url,
             runtime.bootstrap,
-            partitions=runtime.settings.topic_partitions,
-            retention=timedelta(hours=runtime.settings.outbox_retention_hours),
+            partitions=settings.topic_partitions,
+            retention=timedelta(hours=settings.outbox_retention_hours),
         )
-        runtime.extra.update(writer=writer, relay=relay)
+        hl7 = Hl7Intake(writer, runtime.db, locations, runtime.secrets.pseudonymisation_key)
+        runtime.extra.update(writer=writer, relay=relay, hl7=hl7)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(writer.run(), name="group-commit"), asyncio.create_task(relay.run(stop))]
+        mllp = None
+        if settings.mllp_port:
+            mllp = MllpServer(
+                hl7,
+                host=settings.mllp_host,
+                port=settings.mllp_port,
+                rules=mllp_rules,
+                max_frame=settings.max_body_bytes,
+            )
+            await mllp.start()
+            runtime.extra["mllp"] = mllp
         try:
             yield
         finally:
+            if mllp is not None:
+                await mllp.stop()
             stop.set()
             tasks[0].cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -44,4 +65,5 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = runtime
     problems.install(app)
     app.include_router(router)
+    app.include_router(hl7_router)
     return app
