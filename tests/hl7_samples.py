@@ -166,3 +166,9 @@ def segments_of(ack: str | bytes) -> dict[str, list[list[str]]]:
         fields = segment.split("|")
         out.setdefault(fields[0], []).append(fields)
     return out
+
+
+def signed_headers(secret: str, body: bytes, source: str = "pas") -> dict[str, str]:
+    from shared.auth import SOURCE_HEADER, sign_webhook
+
+    return {"content-type": "x-application/hl7-v2+er7", SOURCE_HEADER: source, **sign_webhook(secret, body)}
