@@ -145,17 +145,31 @@ def mllp_frame(payload: bytes) -> bytes:
     return b"\x0b" + payload + b"\x1c\x0d"
 
 
-def read_mllp(sock: socket.socket, timeout: float = 30.0) -> bytes:
-    """One framed reply from a blocking socket."""
-    sock.settimeout(timeout)
-    data = b""
-    while b"\x1c\x0d" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"connection closed after {data!r}")
-        data += chunk
-    start = data.index(b"\x0b")
-    return data[start + 1 : data.index(b"\x1c\x0d")]
+class MllpClient:
+    """A blocking MLLP client that keeps what it read past a frame for the next one."""
+
+    def __init__(self, address: tuple[str, int], timeout: float = 30.0) -> None:
+        self.sock = socket.create_connection(address, timeout=timeout)
+        self.buffer = b""
+
+    def __enter__(self) -> MllpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, *payloads: bytes) -> None:
+        self.sock.sendall(b"".join(mllp_frame(p) for p in payloads))
+
+    def receive(self) -> bytes:
+        while b"\x1c\x0d" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"connection closed after {self.buffer!r}")
+            self.buffer += chunk
+        end = self.buffer.index(b"\x1c\x0d")
+        frame, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
+        return frame[frame.find(b"\x0b") + 1 :]
 
 
 def segments_of(ack: str | bytes) -> dict[str, list[list[str]]]:

@@ -23,6 +23,7 @@ from tests.hl7_samples import (
     NHS_NUMBER,
     SURNAME,
     VISIT,
+    MllpClient,
     adt,
     batch,
     evn,
@@ -31,7 +32,6 @@ from tests.hl7_samples import (
     npu,
     pid,
     pv1,
-    read_mllp,
     segments_of,
     signed_headers,
 )
@@ -245,11 +245,11 @@ async def test_unmapped_locations_are_listed_to_those_who_may_see_them(
 def mllp_exchange(stack: Stack, *payloads: bytes) -> list[bytes]:
     address = stack.mllp_address
     assert address is not None
-    with socket.create_connection(address, timeout=30) as sock:
+    with MllpClient(address) as client:
         replies = []
         for payload in payloads:
-            sock.sendall(mllp_frame(payload))
-            replies.append(read_mllp(sock))
+            client.send(payload)
+            replies.append(client.receive())
     return replies
 
 
@@ -282,9 +282,9 @@ def test_mllp_answers_several_frames_in_one_write_in_order(stack: Stack) -> None
     address = stack.mllp_address
     assert address is not None
     frames = b"".join(mllp_frame(adt("A08", f"PIPE{n}").encode()) for n in range(5))
-    with socket.create_connection(address, timeout=30) as sock:
-        sock.sendall(b"noise before a frame" + frames)
-        replies = [read_mllp(sock) for _ in range(5)]
+    with MllpClient(address) as client:
+        client.sock.sendall(b"noise before a frame" + frames)
+        replies = [client.receive() for _ in range(5)]
     assert [msa(r)[2] for r in replies] == [f"PIPE{n}" for n in range(5)]
 
 
