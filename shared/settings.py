@@ -37,6 +37,8 @@ class Settings(BaseSettings):
 
     topic_partitions: int = Field(default=6, alias="ICC_TOPIC_PARTITIONS")
     outbox_retention_hours: float = Field(default=24.0, alias="ICC_OUTBOX_RETENTION_HOURS")
+    # How long a taken HL7 message is remembered, so that a re-send is answered without new events.
+    hl7_dedup_days: float = Field(default=30.0, alias="ICC_HL7_DEDUP_DAYS")
     max_body_bytes: int = Field(default=1_048_576, alias="ICC_MAX_BODY_BYTES")
     webhook_max_skew_seconds: int = Field(default=300, alias="ICC_WEBHOOK_MAX_SKEW_SECONDS")
     consumer_group: str = Field(default="icc-command-centre", alias="ICC_CONSUMER_GROUP")

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from services.ingest.api import router
 from services.ingest.group_commit import GroupCommitWriter
-from services.ingest.hl7_intake import Hl7Bookkeeping, Hl7Intake
+from services.ingest.hl7_intake import Hl7Bookkeeping, Hl7Intake, keep_pruned
 from services.ingest.hl7_routes import router as hl7_router
 from services.ingest.mllp import MllpServer, parse_allow_list
 from shared import problems
@@ -39,7 +39,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         hl7 = Hl7Intake(writer, runtime.db, locations, runtime.secrets.pseudonymisation_key)
         runtime.extra.update(writer=writer, relay=relay, hl7=hl7)
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(writer.run(), name="group-commit"), asyncio.create_task(relay.run(stop))]
+        tasks = [
+            asyncio.create_task(writer.run(), name="group-commit"),
+            asyncio.create_task(relay.run(stop)),
+            asyncio.create_task(keep_pruned(runtime.db, timedelta(days=settings.hl7_dedup_days), stop)),
+        ]
         mllp = None
         if settings.mllp_port:
             mllp = MllpServer(

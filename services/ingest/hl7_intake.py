@@ -8,11 +8,12 @@ writer step that does the HL7 part); a rejected message is kept raw in the quara
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -352,3 +353,24 @@ async def _count(conn: asyncpg.Connection, counts: dict[tuple[str, str], int]) -
         [k[1] for k in keys],
         [counts[k] for k in keys],
     )
+
+
+async def prune_idempotency(pool: asyncpg.Pool, retention: timedelta) -> int:
+    """Forget messages taken longer ago than `retention`: a re-send after that is processed again
+    (its events keep their ids, so the outbox still drops them while it retains them)."""
+    status = await pool.execute("DELETE FROM hl7_message WHERE received_at < now() - $1::interval", retention)
+    return int(status.split()[-1])
+
+
+async def keep_pruned(
+    pool: asyncpg.Pool, retention: timedelta, stop: asyncio.Event, every: float = 3600
+) -> None:
+    while not stop.is_set():
+        try:
+            pruned = await prune_idempotency(pool, retention)
+            if pruned:
+                log.info("forgot %d HL7 messages older than %s", pruned, retention)
+        except DB_ERRORS as exc:
+            log.warning("pruning HL7 idempotency records failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
