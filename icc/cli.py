@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -75,23 +76,55 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _is_hl7(body: bytes) -> bool:
+    return body.lstrip(b"\xef\xbb\xbf \t\r\n")[:3] in (b"MSH", b"BHS", b"FHS")
+
+
 def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     import httpx
 
     from shared.auth import SOURCE_HEADER, sign_webhook
     from shared.secrets_store import load
 
-    secret = args.secret or load(settings.resolved_secrets_file).webhook_secrets.get(args.source)
-    if secret is None:
-        print(f"no webhook secret for source {args.source!r}", file=sys.stderr)
-        return 2
     body = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
-    url = args.url or f"http://{settings.host}:{settings.ingest_port}/v1/bed-events"
-    headers = {"content-type": args.content_type, SOURCE_HEADER: args.source, **sign_webhook(secret, body)}
+    hl7 = _is_hl7(body)
+    if args.mllp:
+        return _send_mllp(args.mllp, body)
+    source = args.source or ("pas" if hl7 else "bedmgmt")
+    secret = args.secret or load(settings.resolved_secrets_file).webhook_secrets.get(source)
+    if secret is None:
+        print(f"no webhook secret for source {source!r}", file=sys.stderr)
+        return 2
+    path = "/v1/pas/hl7v2" if hl7 else "/v1/bed-events"
+    url = args.url or f"http://{settings.host}:{settings.ingest_port}{path}"
+    content_type = args.content_type or ("x-application/hl7-v2+er7" if hl7 else "application/json")
+    headers = {"content-type": content_type, SOURCE_HEADER: source, **sign_webhook(secret, body)}
     response = httpx.post(url, content=body, headers=headers, timeout=30)
     print(f"{response.status_code} {response.headers.get('content-type', '')}")
-    print(response.text)
+    print(response.text.replace("\r", "\n") if hl7 else response.text)
     return 0 if response.is_success else 1
+
+
+def _send_mllp(address: str, body: bytes) -> int:
+    """One MLLP frame out, one framed ACK back (printed with a line per segment)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host or "127.0.0.1", int(port)), timeout=30) as sock:
+        sock.sendall(b"\x0b" + body + b"\x1c\x0d")
+        reply = b""
+        while b"\x1c\x0d" not in reply:
+            chunk = sock.recv(65536)
+            if not chunk:
+                print(
+                    "connection closed without an answer (is this address in ICC_MLLP_SOURCES?)",
+                    file=sys.stderr,
+                )
+                return 1
+            reply += chunk
+    ack = reply[reply.find(b"\x0b") + 1 : reply.index(b"\x1c\x0d")].decode("utf-8", "replace")
+    print(ack.replace("\r", "\n"))
+    return 0 if "MSA|AA" in ack else 1
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -116,10 +149,12 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from icc.stack import SERVICES, Stack
+    from icc.stack import DEFAULT_MLLP_PORT, SERVICES, Stack
     from shared.auth import Role, mint_token
     from shared.secrets_store import load_or_create
 
+    if "ICC_MLLP_PORT" not in os.environ:
+        settings = settings.model_copy(update={"mllp_port": DEFAULT_MLLP_PORT})
     stack = Stack(settings)
     stopping = False
 
@@ -147,6 +182,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         print()
         for name in SERVICES:
             print(f"  {name:<15} {stack.url_of(name)}")
+        if stack.mllp_address is not None:
+            host, port = stack.mllp_address
+            print(f"  {'HL7 over MLLP':<15} tcp://{host}:{port} (source per ICC_MLLP_SOURCES)")
         print(f"\nWall display:  {stack.url_of('gateway')}/#token={token}")
         print(f"Dev credentials (JWT key, webhook secrets): {settings.resolved_secrets_file.resolve()}")
         print("Mint more tokens with `icc token --role site_manager --scope site:RXN01`.")
@@ -204,11 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl-hours", type=float, default=12)
     token.set_defaults(func=cmd_token)
 
-    send = sub.add_parser("send", help="sign a file and post it to a webhook")
+    send = sub.add_parser(
+        "send", help="sign a file and post it to a webhook (HL7 v2 files go to /v1/pas/hl7v2, or over --mllp)"
+    )
     send.add_argument("file", help="the message body (- for stdin)")
-    send.add_argument("--source", default="bedmgmt")
+    send.add_argument("--source", default="", help="default: pas for HL7 v2, bedmgmt otherwise")
     send.add_argument("--url", default="")
-    send.add_argument("--content-type", default="application/json")
+    send.add_argument("--content-type", default="", help="default: by content (HL7 v2 ER7 or JSON)")
+    send.add_argument(
+        "--mllp", default="", metavar="HOST:PORT", help="send an HL7 v2 message over MLLP instead"
+    )
     send.add_argument("--secret", default="", help="webhook secret (default: the dev secret of --source)")
     send.set_defaults(func=cmd_send)
 

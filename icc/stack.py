@@ -26,6 +26,7 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 SERVICES = ("ingest", "command-centre", "gateway")
+DEFAULT_MLLP_PORT = 2575  # the port IANA registered for HL7 over MLLP
 _PR_SET_PDEATHSIG = 1
 
 
@@ -59,6 +60,13 @@ class Stack:
     def url_of(self, service: str) -> str:
         return f"http://{self.settings.host}:{self.port_of(service)}"
 
+    @property
+    def mllp_address(self) -> tuple[str, int] | None:
+        """Where ingest takes HL7 over MLLP, when it does."""
+        if not self.settings.mllp_port:
+            return None
+        return self.settings.mllp_host, self.settings.mllp_port
+
     def start_infrastructure(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.database_url = self.settings.database_url
@@ -79,10 +87,14 @@ class Stack:
             KAFKA_BOOTSTRAP=self.bootstrap,
             ICC_DATA_DIR=str(self.data_dir),
             ICC_ORG_FILE=str(self.settings.org_file.resolve()),
+            ICC_LOCATION_MAP_FILE=str(self.settings.location_map_file.resolve()),
             ICC_SECRETS_FILE=str(self.settings.resolved_secrets_file.resolve()),
             ICC_INGEST_PORT=str(self.settings.ingest_port),
             ICC_COMMAND_CENTRE_PORT=str(self.settings.command_centre_port),
             ICC_GATEWAY_PORT=str(self.settings.gateway_port),
+            ICC_MLLP_PORT=str(self.settings.mllp_port),
+            ICC_MLLP_HOST=self.settings.mllp_host,
+            ICC_MLLP_SOURCES=self.settings.mllp_sources,
             ICC_TOPIC_PARTITIONS=str(self.settings.topic_partitions),
             PYTHONUNBUFFERED="1",
         )

@@ -27,15 +27,26 @@ class Settings(BaseSettings):
     command_centre_port: int = Field(default=8702, alias="ICC_COMMAND_CENTRE_PORT")
     gateway_port: int = Field(default=8703, alias="ICC_GATEWAY_PORT")
     broker_port: int = Field(default=9092, alias="ICC_BROKER_PORT")
+    # HL7 v2 over MLLP (TCP) into ingest: 0 is off; `icc up` turns it on at 2575.
+    mllp_port: int = Field(default=0, alias="ICC_MLLP_PORT")
+    mllp_host: str = Field(default="127.0.0.1", alias="ICC_MLLP_HOST")
+    # Who may connect, and which source each address speaks for: `address-or-network=source, …`.
+    mllp_sources: str = Field(default="127.0.0.1=pas,::1=pas", alias="ICC_MLLP_SOURCES")
 
     topic_partitions: int = Field(default=6, alias="ICC_TOPIC_PARTITIONS")
     outbox_retention_hours: float = Field(default=24.0, alias="ICC_OUTBOX_RETENTION_HOURS")
+    # How long a taken HL7 message is remembered, so that a re-send is answered without new events.
+    hl7_dedup_days: float = Field(default=30.0, alias="ICC_HL7_DEDUP_DAYS")
     max_body_bytes: int = Field(default=1_048_576, alias="ICC_MAX_BODY_BYTES")
     webhook_max_skew_seconds: int = Field(default=300, alias="ICC_WEBHOOK_MAX_SKEW_SECONDS")
     # Per source and per ingest replica (token bucket); 0 requests/s turns the limit off.
     rate_limit_per_second: float = Field(default=200.0, ge=0, alias="ICC_RATE_LIMIT_PER_SECOND")
     rate_limit_burst: int = Field(default=400, ge=1, alias="ICC_RATE_LIMIT_BURST")
-    location_map_file: Path | None = Field(default=None, alias="ICC_LOCATION_MAP_FILE")
+    # Aliases of PAS location codes beyond those the organisation file names (a missing file: no aliases);
+    # re-read when it changes, so a fix applies to the next message and to quarantine replays.
+    location_map_file: Path | None = Field(
+        default=Path("deploy/org/location-map.yaml"), alias="ICC_LOCATION_MAP_FILE"
+    )
     consumer_group: str = Field(default="icc-command-centre", alias="ICC_CONSUMER_GROUP")
 
     @model_validator(mode="after")

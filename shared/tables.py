@@ -210,3 +210,54 @@ class FhirEncounterVersion(SQLModel, table=True):
     outcome: str
     event_ids: list[uuid.UUID] = Field(sa_column=Column(ARRAY(Uuid), nullable=False))
     created_at: datetime = _ts()
+
+
+class Hl7Message(SQLModel, table=True):
+    """HL7 v2 idempotency: each message taken (sender, MSH-10, content) and the ACK it was given.
+
+    A re-sent message is answered with the stored ACK and writes nothing; a different message under
+    a control id already used is processed (some senders reuse ids) and counted.
+    """
+
+    __tablename__ = "hl7_message"
+    __table_args__ = (
+        PrimaryKeyConstraint("source", "control_id", "content_sha256"),
+        Index("ix_hl7_message_received_at", "received_at"),
+    )
+    source: str
+    control_id: str
+    content_sha256: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    trigger: str
+    event_count: int
+    ack: str
+    received_at: datetime = _ts()
+
+
+class UnmappedLocation(SQLModel, table=True):
+    """Source location codes that are not in the location mapping, counted per kind and code.
+
+    `kind` says what is missing: a facility, a ward (point of care) of a known site, or a bed of a
+    known ward. `site_id` is '' when the site could not be told either.
+    """
+
+    __tablename__ = "unmapped_location"
+    __table_args__ = (PrimaryKeyConstraint("source", "site_id", "kind", "code"),)
+    source: str
+    site_id: str
+    kind: str
+    code: str
+    example: str
+    count: int = Field(sa_column=Column(BigInteger, nullable=False))
+    first_seen: datetime = _ts()
+    last_seen: datetime = _ts()
+
+
+class IngestCounter(SQLModel, table=True):
+    """Named counters per source (e.g. HL7 control ids reused, sites taken from the sending facility)."""
+
+    __tablename__ = "ingest_counter"
+    __table_args__ = (PrimaryKeyConstraint("source", "name"),)
+    source: str
+    name: str
+    value: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_at: datetime = _ts()

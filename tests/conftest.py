@@ -24,6 +24,7 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_ORG = ROOT / "deploy" / "org" / "sample-icb.yaml"
+SAMPLE_LOCATION_MAP = ROOT / "deploy" / "org" / "location-map.yaml"
 T = TypeVar("T")
 
 
@@ -99,10 +100,12 @@ def make_settings(
         "DATABASE_URL": database_url,
         "KAFKA_BOOTSTRAP": bootstrap,
         "ICC_ORG_FILE": SAMPLE_ORG,
+        "ICC_LOCATION_MAP_FILE": SAMPLE_LOCATION_MAP,
         "ICC_SECRETS_FILE": secrets_file,
         "ICC_INGEST_PORT": free_port(),
         "ICC_COMMAND_CENTRE_PORT": free_port(),
         "ICC_GATEWAY_PORT": free_port(),
+        "ICC_MLLP_PORT": free_port(),
         "ICC_TOPIC_PARTITIONS": 3,
         "ICC_STATE_TICK_SECONDS": 1.0,
     }

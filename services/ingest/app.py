@@ -13,8 +13,11 @@ from fastapi import FastAPI
 from services.ingest import fhir_api, json_api, quarantine_replay
 from services.ingest.api import router
 from services.ingest.group_commit import GroupCommitWriter
+from services.ingest.hl7_intake import Hl7Bookkeeping, Hl7Intake, keep_pruned
+from services.ingest.hl7_routes import router as hl7_router
 from services.ingest.intake import IngestContext, Processor
 from services.ingest.location_source import LocationMapSource
+from services.ingest.mllp import MllpServer, parse_allow_list
 from shared import problems
 from shared.outbox import OutboxRelay
 from shared.runtime import Runtime, load_runtime
@@ -22,16 +25,19 @@ from shared.runtime import Runtime, load_runtime
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     runtime = runtime or load_runtime()
+    settings = runtime.settings
+    locations = LocationMapSource(runtime.org, settings.location_map_file)
+    mllp_rules = parse_allow_list(settings.mllp_sources)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
-        writer = GroupCommitWriter(runtime.db)
+        writer = GroupCommitWriter(runtime.db, steps=[Hl7Bookkeeping()])
         relay = OutboxRelay(
             runtime.database_url,
             runtime.bootstrap,
-            partitions=runtime.settings.topic_partitions,
-            retention=timedelta(hours=runtime.settings.outbox_retention_hours),
+            partitions=settings.topic_partitions,
+            retention=timedelta(hours=settings.outbox_retention_hours),
         )
         replay_processors: dict[str, Processor] = {
             "/v1/bed-events": json_api.process_bed_events,
@@ -45,20 +51,39 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             ingest=IngestContext(
                 org=runtime.org,
                 pseudonymisation_key=runtime.secrets.pseudonymisation_key,
-                locations=LocationMapSource(runtime.org, runtime.settings.location_map_file),
+                locations=locations,
                 pool=runtime.db,
             ),
             replay_processors=replay_processors,
         )
+        hl7 = Hl7Intake(writer, runtime.db, locations, runtime.secrets.pseudonymisation_key)
+        runtime.extra["hl7"] = hl7
         # The modules loaded by now (FHIR models, the organisation) are some 10^5 long-lived objects that
         # every full collection would walk again while a large batch allocates; keep them out of it.
         gc.collect()
         gc.freeze()
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(writer.run(), name="group-commit"), asyncio.create_task(relay.run(stop))]
+        tasks = [
+            asyncio.create_task(writer.run(), name="group-commit"),
+            asyncio.create_task(relay.run(stop)),
+            asyncio.create_task(keep_pruned(runtime.db, timedelta(days=settings.hl7_dedup_days), stop)),
+        ]
+        mllp = None
+        if settings.mllp_port:
+            mllp = MllpServer(
+                hl7,
+                host=settings.mllp_host,
+                port=settings.mllp_port,
+                rules=mllp_rules,
+                max_frame=settings.max_body_bytes,
+            )
+            await mllp.start()
+            runtime.extra["mllp"] = mllp
         try:
             yield
         finally:
+            if mllp is not None:
+                await mllp.stop()
             stop.set()
             tasks[0].cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -71,4 +96,5 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.include_router(json_api.router)
     app.include_router(fhir_api.router)
     app.include_router(quarantine_replay.router)
+    app.include_router(hl7_router)
     return app

@@ -3,6 +3,10 @@
 A request is answered only after its raw message and events are committed. While one batch commits,
 the next requests queue up and go together in the following one, so throughput grows with load
 instead of paying one transaction per request.
+
+An interface with bookkeeping of its own (HL7 idempotency, unmapped locations) adds a `BatchStep`:
+it runs inside the same transaction, before the raw messages and events are written (and may settle
+items itself, e.g. a re-sent message, which are then not written) and after them.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -33,6 +38,7 @@ class Inbound:
     body: bytes
     events: Sequence[OutboxEvent]
     prepare: Prepare | None = None
+    context: Any = None  # what a BatchStep needs to know about this message (and may answer in)
     done: asyncio.Future[set[uuid.UUID]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -40,10 +46,18 @@ class Inbound:
     error: Exception | None = None  # why `prepare` refused this message (the others still commit)
 
 
+class BatchStep(Protocol):
+    async def before(self, conn: asyncpg.Connection, batch: list[Inbound]) -> list[Inbound]:
+        """Return the items still to be written; the others are settled by the step."""
+
+    async def after(self, conn: asyncpg.Connection, written: list[Inbound]) -> None: ...
+
+
 class GroupCommitWriter:
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 1000) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 1000, steps: Sequence[BatchStep] = ()) -> None:
         self.pool = pool
         self.max_batch = max_batch
+        self.steps = tuple(steps)
         self.queue: asyncio.Queue[Inbound] = asyncio.Queue()
         self.batches = 0
 
@@ -75,7 +89,13 @@ class GroupCommitWriter:
 
     async def _commit(self, batch: list[Inbound]) -> set[uuid.UUID]:
         async with self.pool.acquire() as conn, conn.transaction():
+            for step in self.steps:
+                batch = await step.before(conn, batch)
+            if not batch:
+                return set()
             inserted = await write_batch(conn, batch)
+            for step in self.steps:
+                await step.after(conn, batch)
         self.batches += 1
         return inserted
 

@@ -1,0 +1,625 @@
+"""HL7 v2 ER7 (pipe-and-hat) messages → typed ADT messages. Pure: no I/O.
+
+python-hl7 does the parsing (delimiters from MSH-1/MSH-2, repetitions, components, escape
+sequences). It builds a Python object per field, which costs about 0.7 ms for a typical ADT^A01,
+so before handing a message over we *project* it: only the segments the ADT mapping reads are kept,
+and within them only the fields it reads (the others are emptied, the tail is cut). Names,
+addresses and free text therefore never even enter the parse tree. `read_message(..., project=False)`
+parses the whole message instead; a property test shows both give the same `AdtMessage`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import hl7
+from hl7.exceptions import HL7Exception
+from hl7.util import unescape
+
+LONDON = ZoneInfo("Europe/London")
+SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1")
+ACCEPTED_PROCESSING_IDS = ("P",)
+BOM = b"\xef\xbb\xbf"
+# MSH-18 values (HL7 table 0211) this interface decodes; anything else must be UTF-8.
+CHARSETS = {
+    "": "utf-8",
+    "UNICODE UTF-8": "utf-8",
+    "UNICODE": "utf-8",
+    "ASCII": "ascii",
+    "8859/1": "latin-1",
+    "8859/15": "iso8859-15",
+}
+# Every standard ADT trigger: those ICC maps to events, and the rest, which are acknowledged
+# (they are valid ADT) but change nothing a command centre counts.
+MAPPED_TRIGGERS = frozenset(f"A{n:02d}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 17, 20, 21, 22))
+KNOWN_TRIGGERS = frozenset(f"A{n:02d}" for n in range(1, 63))
+
+
+class AckCode(StrEnum):
+    accept = "AA"
+    error = "AE"  # the content is wrong: fix the message before sending it again
+    reject = "AR"  # the message could not be taken at all (envelope, type, version, or ICC itself)
+
+
+class ErrorCode(StrEnum):
+    """HL7 table 0357 (message error condition codes); the value is the code, the name the text."""
+
+    segment_sequence = "100"
+    required_field_missing = "101"
+    data_type_error = "102"
+    table_value_not_found = "103"
+    unsupported_message_type = "200"
+    unsupported_event_code = "201"
+    unsupported_processing_id = "202"
+    unsupported_version_id = "203"
+    internal_error = "207"
+
+    @property
+    def text(self) -> str:
+        return _ERROR_TEXT[self]
+
+
+_ERROR_TEXT = {
+    ErrorCode.segment_sequence: "Segment sequence error",
+    ErrorCode.required_field_missing: "Required field missing",
+    ErrorCode.data_type_error: "Data type error",
+    ErrorCode.table_value_not_found: "Table value not found",
+    ErrorCode.unsupported_message_type: "Unsupported message type",
+    ErrorCode.unsupported_event_code: "Unsupported event code",
+    ErrorCode.unsupported_processing_id: "Unsupported processing id",
+    ErrorCode.unsupported_version_id: "Unsupported version id",
+    ErrorCode.internal_error: "Application internal error",
+}
+
+
+@dataclass(frozen=True)
+class ErrorLocation:
+    segment: str
+    sequence: int = 1
+    field: int = 0
+    component: int = 0
+
+    def __str__(self) -> str:
+        text = self.segment if self.sequence == 1 else f"{self.segment}({self.sequence})"
+        if self.field:
+            text += f"-{self.field}"
+        if self.component:
+            text += f".{self.component}"
+        return text
+
+
+@dataclass(frozen=True)
+class Hl7Problem:
+    """What was wrong, in the terms of an HL7 ERR segment."""
+
+    code: ErrorCode
+    message: str
+    location: ErrorLocation | None = None
+    severity: str = "E"  # E error, W warning (HL7 table 0516)
+
+
+class Hl7Error(Exception):
+    """A message ICC answers with AE or AR; `header` (when MSH was readable) addresses the ACK."""
+
+    def __init__(self, ack: AckCode, problem: Hl7Problem, header: MessageHeader | None = None) -> None:
+        super().__init__(problem.message)
+        self.ack = ack
+        self.problem = problem
+        self.header = header
+
+
+def reject(code: ErrorCode, message: str, location: ErrorLocation | None = None) -> Hl7Error:
+    return Hl7Error(AckCode.reject, Hl7Problem(code, message, location))
+
+
+def error(code: ErrorCode, message: str, location: ErrorLocation | None = None) -> Hl7Error:
+    return Hl7Error(AckCode.error, Hl7Problem(code, message, location))
+
+
+# ── text, segments and batches ──────────────────────────────────────────────────────────────
+
+
+def decode(body: bytes) -> str:
+    """Bytes → text: a UTF-8 byte-order mark is dropped; non-UTF-8 needs a charset in MSH-18."""
+    if body.startswith(BOM):
+        body = body[len(BOM) :]
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        declared = _declared_charset(body)
+        codec = CHARSETS.get(declared.upper()) if declared is not None else None
+        if codec is None or codec == "utf-8":
+            raise reject(
+                ErrorCode.data_type_error,
+                f"the message is not valid UTF-8 (byte {exc.start}) and MSH-18 declares no supported "
+                f"character set ({', '.join(c for c in CHARSETS if c)})",
+                ErrorLocation("MSH", field=18),
+            ) from exc
+        try:
+            return body.decode(codec)
+        except UnicodeDecodeError as inner:
+            raise reject(
+                ErrorCode.data_type_error,
+                f"the message is not valid {declared} (byte {inner.start})",
+                ErrorLocation("MSH", field=18),
+            ) from inner
+
+
+def _declared_charset(body: bytes) -> str | None:
+    """MSH-18 as sent, read without knowing the encoding (every byte is a latin-1 character)."""
+    for segment in split_segments(body.decode("latin-1")):
+        if segment.startswith("MSH") and len(segment) >= 8:
+            fields = segment.split(segment[3])  # fields[k] is MSH-(k+1)
+            return fields[17].split(segment[4])[0].strip() if len(fields) > 17 else ""
+    return None
+
+
+def split_segments(text: str) -> list[str]:
+    """Segments separated by CR (the standard), LF or CRLF; blank lines are dropped."""
+    return [s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s.strip()]
+
+
+@dataclass(frozen=True)
+class Er7Body:
+    """One message, or a batch (`FHS`/`BHS` … `BTS`/`FTS`, or several `MSH` in a row)."""
+
+    messages: tuple[str, ...]
+    batch: bool = False
+    file_header: str | None = None
+    batch_header: str | None = None
+
+
+def split_body(text: str) -> Er7Body:
+    """Split a body into messages (each its segments joined by CR). Batch counts are checked."""
+    segments = split_segments(text.lstrip("\ufeff"))
+    if not segments:
+        raise reject(ErrorCode.segment_sequence, "the body holds no HL7 segments", ErrorLocation("MSH"))
+    messages: list[list[str]] = []
+    file_header = batch_header = None
+    batch_start = 0
+    batched = False
+    for segment in segments:
+        head = segment[:3]
+        if head == "FHS":
+            file_header = segment
+            batched = True
+        elif head == "BHS":
+            batch_header = batch_header or segment
+            batch_start, batched = len(messages), True
+        elif head == "BTS":
+            declared = _first_field(segment)
+            found = len(messages) - batch_start
+            if declared.isdigit() and int(declared) != found:
+                raise reject(
+                    ErrorCode.segment_sequence,
+                    f"BTS-1 declares {declared} messages but the batch holds {found}",
+                    ErrorLocation("BTS", field=1),
+                )
+        elif head == "FTS":
+            continue
+        elif head == "MSH":
+            messages.append([segment])
+        elif not messages:
+            raise reject(
+                ErrorCode.segment_sequence,
+                f"segment {segment[:3]!r} before the first MSH",
+                ErrorLocation(head if _SEGMENT_ID.fullmatch(head) else "MSH"),
+            )
+        else:
+            messages[-1].append(segment)
+    if not messages:
+        raise reject(ErrorCode.segment_sequence, "no MSH segment", ErrorLocation("MSH"))
+    return Er7Body(
+        messages=tuple("\r".join(m) for m in messages),
+        batch=batched or len(messages) > 1,
+        file_header=file_header,
+        batch_header=batch_header,
+    )
+
+
+_SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
+
+
+def _first_field(segment: str) -> str:
+    if len(segment) < 5:
+        return ""
+    return segment[4:].split(segment[3], 1)[0].strip()
+
+
+def content_sha256(message: str) -> bytes:
+    return hashlib.sha256(message.encode("utf-8")).digest()
+
+
+# ── projection: what python-hl7 is given ────────────────────────────────────────────────────
+
+# The HL7 field numbers the mapping reads, per segment. A projected segment holds just these, in
+# this order; MSH is kept whole up to MSH-12.
+READ_FIELDS: dict[str, tuple[int, ...]] = {
+    "EVN": (1, 2, 6),
+    "PID": (3, 30),
+    "PV1": (2, 3, 6, 10, 11, 19, 40, 44, 45),
+    "PV2": (8, 9, 38),
+    "NPU": (1, 2),
+}
+MSH_FIELDS = 12
+_PROJECTED = {name: {n: i for i, n in enumerate(numbers, 1)} for name, numbers in READ_FIELDS.items()}
+
+
+def project(message: str) -> str:
+    """The message reduced to MSH and the fields `read_message` looks at, each segment compacted."""
+    segments = message.split("\r")
+    msh = segments[0]
+    if len(msh) < 4 or not msh.startswith("MSH"):
+        return msh
+    separator = msh[3]
+    out = [separator.join(msh.split(separator, MSH_FIELDS)[:MSH_FIELDS])]
+    for segment in segments[1:]:
+        name = segment[:3]
+        numbers = READ_FIELDS.get(name)
+        if numbers is None or (len(segment) > 3 and segment[3] != separator):
+            continue
+        parts = segment.split(separator, numbers[-1] + 1)
+        out.append(separator.join([name, *(parts[n] if n < len(parts) else "" for n in numbers)]))
+    return "\r".join(out)
+
+
+class _Segment:
+    """Reads one parsed segment by HL7 field number, whichever layout (projected or whole) it has.
+
+    Values come from python-hl7's tree: a field holds either one string or repetitions, a
+    repetition strings or components, a component sub-components; escape sequences are resolved
+    with python-hl7's `unescape`. A unit test checks this agrees with `Segment.extract_field`.
+    """
+
+    __slots__ = ("positions", "segment")
+
+    def __init__(self, segment: Any, positions: dict[int, int] | None) -> None:
+        self.segment = segment
+        self.positions = positions
+
+    def _field(self, number: int) -> Any:
+        index = number if self.positions is None else self.positions.get(number, 0)
+        if index <= 0 or index >= len(self.segment):
+            return None
+        return self.segment[index]
+
+    def repetitions(self, number: int) -> int:
+        field = self._field(number)
+        return 0 if field is None else len(field)
+
+    def components(self, number: int, repetition: int = 1) -> list[str]:
+        """The components of one repetition (first sub-component of each), unescaped and stripped."""
+        field = self._field(number)
+        if field is None or repetition > len(field):
+            return []
+        rep = field[repetition - 1]
+        parts = [rep] if isinstance(rep, str) else [c if isinstance(c, str) else c[0] for c in rep]
+        return [unescape(self.segment, str(p)).strip() for p in parts]
+
+    def value(self, number: int, repetition: int = 1, component: int = 1) -> str:
+        parts = self.components(number, repetition)
+        return parts[component - 1] if component <= len(parts) else ""
+
+    def location(self, number: int) -> PatientLocation:
+        parts = [*self.components(number), "", "", "", ""]
+        return PatientLocation(point_of_care=parts[0], room=parts[1], bed=parts[2], facility=parts[3])
+
+
+# ── the typed message ───────────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class PatientLocation:
+    """HL7 PL: `point of care^room^bed^facility` (facility is an HD; its namespace id is used)."""
+
+    point_of_care: str = ""
+    room: str = ""
+    bed: str = ""
+    facility: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.point_of_care or self.room or self.bed or self.facility)
+
+
+@dataclass(frozen=True)
+class Identifier:
+    value: str
+    type_code: str
+    authority: str
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One PID (with its PV1/PV2): a patient and their visit. An A17 carries two."""
+
+    identifiers: tuple[Identifier, ...] = ()
+    died: bool = False
+    patient_class: str = ""
+    location: PatientLocation = PatientLocation()
+    prior_location: PatientLocation = PatientLocation()
+    temporary_location: PatientLocation = PatientLocation()
+    hospital_service: str = ""
+    visit_number: str = ""
+    visit_authority: str = ""
+    bed_status: str = ""
+    admitted_at: datetime | None = None
+    discharged_at: datetime | None = None
+    expected_admit_at: datetime | None = None
+    expected_discharge: date | None = None
+    arrival_mode: str = ""
+    has_pid: bool = False
+    has_pv1: bool = False
+    sequence: int = 1  # which PID/PV1 group this is (1-based), for error locations
+
+
+@dataclass(frozen=True)
+class MessageHeader:
+    """MSH: who sent it, what it is, and what an ACK must echo (`raw`: fields as sent, still escaped)."""
+
+    field_separator: str
+    encoding_characters: str
+    sending_application: str
+    sending_facility: str
+    receiving_application: str
+    receiving_facility: str
+    message_type: str
+    trigger: str
+    control_id: str
+    processing_id: str
+    version: str
+    sent_at: datetime | None = None
+    raw: dict[int, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class AdtMessage:
+    header: MessageHeader
+    trigger: str
+    recorded_at: datetime | None
+    event_occurred_at: datetime | None
+    visits: tuple[Visit, ...]
+    npu_bed: PatientLocation | None = None
+    npu_bed_status: str = ""
+    has_evn: bool = False
+
+
+def read_message(message: str, *, project_first: bool = True) -> AdtMessage:
+    """Parse one message (segments joined by CR) into an `AdtMessage`.
+
+    Raises Hl7Error saying what is wrong; its `header` is set whenever MSH could be read, so the
+    ACK can be addressed to the sender. `project_first=False` hands python-hl7 the whole message.
+    """
+    check_delimiters(message)
+    parsed = _parse(project(message) if project_first else message)
+    header = _header(_Segment(parsed[0], None))
+    try:
+        return _read(parsed, header, project_first)
+    except Hl7Error as exc:
+        exc.header = header
+        raise
+
+
+def read_header(message: str) -> MessageHeader:
+    """MSH alone, validated (for addressing an answer when the rest of the message is unreadable)."""
+    check_delimiters(message)
+    msh = message.split("\r", 1)[0]
+    separator = msh[3]
+    parsed = _parse(separator.join(msh.split(separator, MSH_FIELDS)[:MSH_FIELDS]))
+    return _header(_Segment(parsed[0], None))
+
+
+def check_delimiters(message: str) -> None:
+    if not message.startswith("MSH") or len(message) < 8:
+        raise reject(
+            ErrorCode.segment_sequence,
+            "the message does not start with an MSH segment",
+            ErrorLocation("MSH"),
+        )
+    separator, encoding = message[3], message[4:8]
+    if (
+        len(set(separator + encoding)) != 5
+        or any(c.isalnum() or c.isspace() for c in separator + encoding)
+        or (len(message) > 8 and message[8] not in (separator, "\r"))
+    ):
+        raise reject(
+            ErrorCode.data_type_error,
+            "MSH-1 and MSH-2 must declare five distinct delimiter characters, e.g. MSH|^~\\&|",
+            ErrorLocation("MSH", field=2),
+        )
+
+
+def _parse(text: str) -> Any:
+    try:
+        return hl7.parse(text)
+    except (HL7Exception, ValueError, IndexError, AssertionError) as exc:
+        raise reject(
+            ErrorCode.segment_sequence, f"not an HL7 v2 message: {exc}", ErrorLocation("MSH")
+        ) from exc
+
+
+def _header(msh: _Segment) -> MessageHeader:
+    """MSH, validated: message type, trigger, control id, processing id, version."""
+    raw = {}
+    for number in (3, 4, 5, 6, 9, 10, 11, 12):
+        field_ = msh._field(number)
+        raw[number] = "" if field_ is None else str(field_)
+    header = MessageHeader(
+        field_separator=str(msh.segment[1]),
+        encoding_characters=str(msh.segment[2]),
+        sending_application=msh.value(3),
+        sending_facility=msh.value(4),
+        receiving_application=msh.value(5),
+        receiving_facility=msh.value(6),
+        message_type=msh.value(9).upper(),
+        trigger=msh.value(9, 1, 2).upper(),
+        control_id=msh.value(10),
+        processing_id=msh.value(11).upper(),
+        version=msh.value(12),
+        raw=raw,
+    )
+    problem: Hl7Error | None = None
+    try:
+        header = replace(header, sent_at=parse_ts(msh.value(7), ErrorLocation("MSH", field=7)))
+    except Hl7Error as exc:
+        problem = exc
+    if not header.control_id:
+        problem = reject(
+            ErrorCode.required_field_missing,
+            "MSH-10 (message control id) is empty",
+            ErrorLocation("MSH", field=10),
+        )
+    elif header.version not in SUPPORTED_VERSIONS:
+        problem = reject(
+            ErrorCode.unsupported_version_id,
+            f"version {header.version or '(none)'} in MSH-12 is not supported "
+            f"({', '.join(SUPPORTED_VERSIONS)})",
+            ErrorLocation("MSH", field=12),
+        )
+    elif header.processing_id not in ACCEPTED_PROCESSING_IDS:
+        problem = reject(
+            ErrorCode.unsupported_processing_id,
+            f"processing id {header.processing_id or '(none)'} in MSH-11 is not accepted: "
+            "only production (P) messages change the live picture",
+            ErrorLocation("MSH", field=11),
+        )
+    elif header.message_type != "ADT":
+        problem = reject(
+            ErrorCode.unsupported_message_type,
+            f"message type {header.message_type or '(none)'} in MSH-9 is not accepted here: only ADT",
+            ErrorLocation("MSH", field=9, component=1),
+        )
+    if problem is not None:
+        problem.header = header
+        raise problem
+    return header
+
+
+def _read(parsed: Any, header: MessageHeader, projected: bool) -> AdtMessage:
+    def wrap(segment: Any, name: str) -> _Segment:
+        return _Segment(segment, _PROJECTED[name] if projected else None)
+
+    evn: _Segment | None = None
+    npu: _Segment | None = None
+    groups: list[dict[str, _Segment]] = []
+    for segment in parsed[1:]:
+        name = str(segment[0])
+        if name == "EVN" and evn is None:
+            evn = wrap(segment, name)
+        elif name == "NPU" and npu is None:
+            npu = wrap(segment, name)
+        elif name == "PID":
+            groups.append({"PID": wrap(segment, name)})
+        elif name in ("PV1", "PV2"):
+            if not groups or name in groups[-1]:
+                groups.append({})
+            groups[-1][name] = wrap(segment, name)
+    trigger = header.trigger or (evn.value(1).upper() if evn is not None else "")
+    if not trigger:
+        raise reject(
+            ErrorCode.required_field_missing,
+            "no trigger event in MSH-9.2 or EVN-1",
+            ErrorLocation("MSH", field=9, component=2),
+        )
+    if trigger not in KNOWN_TRIGGERS:
+        raise reject(
+            ErrorCode.unsupported_event_code,
+            f"trigger event {trigger} is not an ADT trigger event (A01–A62)",
+            ErrorLocation("MSH", field=9, component=2),
+        )
+    return AdtMessage(
+        header=header,
+        trigger=trigger,
+        recorded_at=parse_ts(evn.value(2), ErrorLocation("EVN", field=2)) if evn else None,
+        event_occurred_at=parse_ts(evn.value(6), ErrorLocation("EVN", field=6)) if evn else None,
+        visits=tuple(_visit(group, n) for n, group in enumerate(groups, 1)),
+        npu_bed=npu.location(1) if npu else None,
+        npu_bed_status=npu.value(2).upper() if npu else "",
+        has_evn=evn is not None,
+    )
+
+
+def _visit(group: dict[str, _Segment], sequence: int) -> Visit:
+    pid, pv1, pv2 = group.get("PID"), group.get("PV1"), group.get("PV2")
+    fields: dict[str, Any] = {"sequence": sequence}
+    if pid is not None:
+        identifiers = []
+        for rep in range(1, pid.repetitions(3) + 1):
+            parts = [*pid.components(3, rep), "", "", "", "", ""]
+            if parts[0]:
+                identifiers.append(Identifier(parts[0], parts[4].upper(), parts[3]))
+        fields.update(has_pid=True, identifiers=tuple(identifiers), died=pid.value(30).upper() == "Y")
+    if pv1 is not None:
+        fields.update(
+            has_pv1=True,
+            patient_class=pv1.value(2).upper(),
+            location=pv1.location(3),
+            prior_location=pv1.location(6),
+            temporary_location=pv1.location(11),
+            hospital_service=pv1.value(10),
+            visit_number=pv1.value(19),
+            visit_authority=pv1.value(19, 1, 4),
+            bed_status=pv1.value(40).upper(),
+            admitted_at=parse_ts(pv1.value(44), ErrorLocation("PV1", sequence, 44)),
+            discharged_at=parse_ts(pv1.value(45), ErrorLocation("PV1", sequence, 45)),
+        )
+    if pv2 is not None:
+        expected_discharge = parse_ts(pv2.value(9), ErrorLocation("PV2", sequence, 9))
+        fields.update(
+            expected_admit_at=parse_ts(pv2.value(8), ErrorLocation("PV2", sequence, 8)),
+            expected_discharge=expected_discharge.astimezone(LONDON).date() if expected_discharge else None,
+            arrival_mode=pv2.value(38).upper(),
+        )
+    return Visit(**fields)
+
+
+# ── time stamps ─────────────────────────────────────────────────────────────────────────────
+
+_DTM = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?")
+
+
+def parse_ts(text: str, where: ErrorLocation, zone: tzinfo = LONDON) -> datetime | None:
+    """HL7 DTM `YYYY[MM[DD[HH[MM[SS[.S…]]]]]][±ZZZZ]` → aware UTC datetime; '' → None.
+
+    Without an offset the time is local to `zone` (Europe/London, so BST applies in summer; in the
+    repeated autumn hour the first, BST, reading is taken). A TS `time^precision` uses the time.
+    """
+    if not text:
+        return None
+    stamp = text.split("^", 1)[0].strip()
+    match = _DTM.fullmatch(stamp)
+    if match is None:
+        raise error(
+            ErrorCode.data_type_error,
+            f"{where}: {text!r} is not an HL7 date/time (YYYYMMDDHHMMSS±ZZZZ)",
+            where,
+        )
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    try:
+        local = datetime(
+            int(year),
+            int(month or 1),
+            int(day or 1),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            int((fraction or "0").ljust(6, "0")[:6]),
+        )
+    except ValueError as exc:
+        raise error(
+            ErrorCode.data_type_error, f"{where}: {text!r} is not a valid date/time ({exc})", where
+        ) from exc
+    if offset:
+        sign = -1 if offset[0] == "-" else 1
+        hours, minutes = int(offset[1:3]), int(offset[3:5])
+        if hours > 14 or minutes > 59:
+            raise error(ErrorCode.data_type_error, f"{where}: {offset} is not a UTC offset", where)
+        delta = sign * timedelta(hours=hours, minutes=minutes)
+        return (local - delta).replace(tzinfo=UTC)
+    return local.replace(tzinfo=zone).astimezone(UTC)

@@ -1,0 +1,309 @@
+"""ER7 text → typed ADT message: encodings, separators, delimiters, escapes, batches, header checks, times."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import hl7
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.ingest.hl7_er7 import (
+    AckCode,
+    ErrorCode,
+    ErrorLocation,
+    Hl7Error,
+    PatientLocation,
+    _Segment,
+    decode,
+    project,
+    read_message,
+    split_body,
+)
+from services.ingest.hl7_er7 import parse_ts as _parse_ts
+from tests.hl7_samples import MRN, NHS_NUMBER, SURNAME, VISIT, adt, batch, evn, msh, npu, pid, pv1, pv2
+
+pytestmark = pytest.mark.unit
+
+A01 = adt("A01")
+
+
+def parse_ts(text: str) -> datetime | None:
+    return _parse_ts(text, ErrorLocation("EVN", field=2))
+
+
+def read(text: str) -> object:
+    return read_message(split_body(decode(text.encode())).messages[0])
+
+
+def test_a_typical_a01_reads_into_its_parts() -> None:
+    message = read_message(A01.rstrip("\r"))
+    assert message.trigger == "A01"
+    assert message.header.control_id == "MSG00001"
+    assert message.header.version == "2.4"
+    assert message.header.sending_facility == "RXN01"
+    assert message.recorded_at == datetime(2025, 2, 3, 14, 5, tzinfo=UTC)  # GMT in February
+    (visit,) = message.visits
+    assert [(i.value, i.type_code, i.authority) for i in visit.identifiers] == [
+        (NHS_NUMBER, "NH", "NHS"),
+        (MRN, "MR", "RXN01"),
+    ]
+    assert visit.location == PatientLocation("AMU", "B1", "1", "RXN01")
+    assert visit.visit_number == VISIT and visit.visit_authority == "RXN01"
+    assert visit.patient_class == "I" and visit.hospital_service == "300"
+
+
+def test_projection_leaves_out_names_addresses_and_unread_segments() -> None:
+    projected = project(A01.rstrip("\r"))
+    assert SURNAME not in projected and "IMAGINARY" not in projected
+    assert "NK1" not in projected and "ZU1" not in projected and "AL1" not in projected
+    assert NHS_NUMBER in projected
+
+
+@pytest.mark.parametrize("separator", ["\r", "\n", "\r\n"])
+def test_cr_lf_and_crlf_separators_read_the_same(separator: str) -> None:
+    assert read(adt("A01", sep=separator)) == read(A01)
+
+
+def test_a_utf8_byte_order_mark_is_ignored() -> None:
+    assert read_message(split_body(decode(b"\xef\xbb\xbf" + A01.encode())).messages[0]) == read(A01)
+
+
+def test_latin1_is_read_when_msh18_declares_it() -> None:
+    text = A01.replace("UNICODE UTF-8", "8859/1").replace("AMU^B1^1", "AMU^B1^1^RXN01^^^^^Salle \xe9")
+    assert decode(text.encode("latin-1")).startswith("MSH")
+
+
+def test_bytes_that_are_not_utf8_without_a_declared_charset_are_rejected() -> None:
+    with pytest.raises(Hl7Error) as caught:
+        decode(A01.replace("UNICODE UTF-8", "").encode() + b"\xff\xfe")
+    assert caught.value.ack is AckCode.reject
+    assert caught.value.problem.location == ErrorLocation("MSH", field=18)
+
+
+def test_non_default_delimiters_declared_in_msh1_and_msh2() -> None:
+    # field #, component $, repetition *, escape @, sub-component %
+    standard = adt("A02", "CTRL9", pid(), pv1("WD10^B2^3^RXN01", prior="AMU^B1^1^RXN01"))
+    table = str.maketrans({"|": "#", "^": "$", "~": "*", "\\": "@", "&": "%"})
+    unusual = standard.translate(table)
+    assert unusual.startswith("MSH#$*@%#PAS")
+    assert read(unusual).visits == read(standard).visits  # type: ignore[attr-defined]
+    assert read(unusual).header.field_separator == "#"  # type: ignore[attr-defined]
+
+
+def test_escape_sequences_are_resolved() -> None:
+    location = "WD\\F\\1^B\\S\\2^3\\T\\4^RX\\R\\N\\E\\01"
+    message = read(adt("A08", "E1", pid(), pv1(location, visit="V\\F\\77")))
+    visit = message.visits[0]  # type: ignore[attr-defined]
+    assert visit.location == PatientLocation("WD|1", "B^2", "3&4", "RX~N\\01")
+    assert visit.visit_number == "V|77"
+
+
+def test_field_repetition_finds_the_nhs_number_wherever_it_is() -> None:
+    pid_segment = "PID|1||X999^^^RXN01^PI~K555^^^RXN01^MR~9434765919^^^NHS^NH||NAME^GIVEN"
+    visit = read(adt("A08", "R1", pid_segment, pv1())).visits[0]  # type: ignore[attr-defined]
+    assert [i.type_code for i in visit.identifiers] == ["PI", "MR", "NH"]
+
+
+def test_missing_optional_fields_and_a_missing_evn_segment() -> None:
+    text = "\r".join([msh("A03", "NOEVN"), "PID|||K1^^^RXN01^MR", "PV1||I|AMU|||||||||||||||||V9"])
+    message = read(text)
+    assert message.has_evn is False  # type: ignore[attr-defined]
+    assert message.trigger == "A03"  # type: ignore[attr-defined]
+    assert message.recorded_at is None  # type: ignore[attr-defined]
+    visit = message.visits[0]  # type: ignore[attr-defined]
+    assert visit.location == PatientLocation("AMU")
+    assert visit.prior_location.empty and visit.admitted_at is None and visit.expected_discharge is None
+
+
+def test_trigger_is_taken_from_evn1_when_msh9_has_none() -> None:
+    text = "\r".join(["MSH|^~\\&|PAS|RXN01|ICC|QXN|20250203140500||ADT|OLD1|P|2.3", evn("A08"), pid(), pv1()])
+    assert read(text).trigger == "A08"  # type: ignore[attr-defined]
+
+
+def test_z_segments_and_unknown_segments_are_ignored() -> None:
+    with_z = adt("A01", "Z1", "ZPI|1|whatever^x~y", pid(), "ZXX|||", pv1(), "ZPV|free text \\F\\")
+    assert read(with_z).visits == read(adt("A01", "Z1", pid(), pv1())).visits  # type: ignore[attr-defined]
+
+
+def test_pv2_and_pv1_times() -> None:
+    text = adt(
+        "A05",
+        "T1",
+        pid(),
+        pv1(admitted="20250701093000"),
+        pv2(expected_admit="20250702080000+0100", expected_discharge="20250709", arrival_mode="A"),
+    )
+    visit = read(text).visits[0]  # type: ignore[attr-defined]
+    assert visit.admitted_at == datetime(2025, 7, 1, 8, 30, tzinfo=UTC)  # BST
+    assert visit.expected_admit_at == datetime(2025, 7, 2, 7, 0, tzinfo=UTC)
+    assert str(visit.expected_discharge) == "2025-07-09"
+    assert visit.arrival_mode == "A"
+
+
+def test_a17_reads_two_pid_pv1_pairs_and_a20_reads_npu() -> None:
+    swap = adt("A17", "S1", pid(), pv1("AMU^B1^1"), pid("9876543210", "K2"), pv1("AMU^B1^2", visit="V2"))
+    assert [v.visit_number for v in read(swap).visits] == [VISIT, "V2"]  # type: ignore[attr-defined]
+    bed = read(adt("A20", "B1", npu("AMU^B2^3^RXN01", "H")))
+    assert bed.npu_bed == PatientLocation("AMU", "B2", "3", "RXN01")  # type: ignore[attr-defined]
+    assert bed.npu_bed_status == "H"  # type: ignore[attr-defined]
+
+
+# ── batches ─────────────────────────────────────────────────────────────────────────────────
+
+
+def test_batch_with_file_and_batch_headers_splits_into_messages() -> None:
+    body = split_body(batch([adt("A01", "B1"), adt("A02", "B2"), adt("A03", "B3")], file=True))
+    assert body.batch and body.file_header and body.batch_header
+    assert [m.split("\r")[0].split("|")[9] for m in body.messages] == ["B1", "B2", "B3"]
+
+
+def test_batch_count_that_does_not_match_is_rejected() -> None:
+    with pytest.raises(Hl7Error) as caught:
+        split_body(batch([adt("A01", "B1"), adt("A02", "B2")], count=3))
+    assert caught.value.problem.location == ErrorLocation("BTS", field=1)
+
+
+def test_one_message_is_not_a_batch_but_two_msh_in_a_row_are() -> None:
+    assert not split_body(A01).batch
+    assert split_body(A01 + adt("A02", "X2")).batch
+
+
+# ── what is refused ─────────────────────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize(
+    ("text", "ack", "code", "location"),
+    [
+        ("", AckCode.reject, ErrorCode.segment_sequence, "MSH"),
+        ("hello world", AckCode.reject, ErrorCode.segment_sequence, "MSH"),
+        ("PID|1||123", AckCode.reject, ErrorCode.segment_sequence, "PID"),
+        ("MSH|^^^^|x", AckCode.reject, ErrorCode.data_type_error, "MSH-2"),
+        (adt("A01", version="2.2"), AckCode.reject, ErrorCode.unsupported_version_id, "MSH-12"),
+        (adt("A01", version="2.6"), AckCode.reject, ErrorCode.unsupported_version_id, "MSH-12"),
+        (A01.replace("|P|2.4", "|T|2.4"), AckCode.reject, ErrorCode.unsupported_processing_id, "MSH-11"),
+        (A01.replace("ADT^A01", "ORU^R01"), AckCode.reject, ErrorCode.unsupported_message_type, "MSH-9.1"),
+        (A01.replace("ADT^A01", "ADT^A99"), AckCode.reject, ErrorCode.unsupported_event_code, "MSH-9.2"),
+        (A01.replace("|MSG00001|", "||"), AckCode.reject, ErrorCode.required_field_missing, "MSH-10"),
+        (
+            A01.replace("EVN|A01|20250203140500", "EVN|A01|2025-02-03"),
+            AckCode.error,
+            ErrorCode.data_type_error,
+            "EVN-2",
+        ),
+    ],
+)
+def test_what_cannot_be_taken_says_why(text: str, ack: AckCode, code: ErrorCode, location: str) -> None:
+    with pytest.raises(Hl7Error) as caught:
+        read(text)
+    assert (caught.value.ack, caught.value.problem.code) == (ack, code)
+    assert str(caught.value.problem.location) == location
+
+
+def test_a_rejected_message_with_a_readable_msh_carries_its_header_for_the_ack() -> None:
+    with pytest.raises(Hl7Error) as caught:
+        read(adt("A01", "V26", version="2.6"))
+    assert caught.value.header is not None and caught.value.header.control_id == "V26"
+
+
+# ── times ───────────────────────────────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20250203140500", datetime(2025, 2, 3, 14, 5, tzinfo=UTC)),  # GMT
+        ("20250703140500", datetime(2025, 7, 3, 13, 5, tzinfo=UTC)),  # BST
+        ("20250703140500+0000", datetime(2025, 7, 3, 14, 5, tzinfo=UTC)),  # stated zone wins
+        ("20250703140500-0500", datetime(2025, 7, 3, 19, 5, tzinfo=UTC)),
+        ("202507031405", datetime(2025, 7, 3, 13, 5, tzinfo=UTC)),
+        ("20250703", datetime(2025, 7, 2, 23, 0, tzinfo=UTC)),  # local midnight in BST
+        ("20250703140500.25", datetime(2025, 7, 3, 13, 5, 0, 250000, tzinfo=UTC)),
+        ("20250703140500^S", datetime(2025, 7, 3, 13, 5, tzinfo=UTC)),  # TS with precision
+        ("20251026013000", datetime(2025, 10, 26, 0, 30, tzinfo=UTC)),  # repeated hour: the BST reading
+        ("20250330003000", datetime(2025, 3, 30, 0, 30, tzinfo=UTC)),  # just before the spring change
+        ("20250330023000", datetime(2025, 3, 30, 1, 30, tzinfo=UTC)),  # just after it
+        ("", None),
+    ],
+)
+def test_times_are_read_in_the_stated_zone_or_london(text: str, expected: datetime | None) -> None:
+    assert parse_ts(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["2025-02-03", "20251301", "20250230", "2025020314050", "20250203+2500", "x"]
+)
+def test_malformed_times_are_content_errors(text: str) -> None:
+    with pytest.raises(Hl7Error) as caught:
+        parse_ts(text)
+    assert caught.value.ack is AckCode.error and caught.value.problem.code is ErrorCode.data_type_error
+
+
+# ── the faster path agrees with python-hl7 on the whole message ─────────────────────────────
+
+_DELIMITERS = st.sampled_from(["|^~\\&", "#$*@%", "|^~\\&", "!:;?/"])
+_TEXT = st.text(alphabet="ABCXYZ019 .-", max_size=6)
+
+
+@st.composite
+def _component(draw: st.DrawFn) -> str:
+    value = draw(_TEXT)
+    if draw(st.booleans()):
+        value += draw(st.sampled_from(["\\F\\", "\\S\\", "\\T\\", "\\R\\", "\\E\\", "\\X41\\"]))
+    if draw(st.booleans()):
+        value += "&" + draw(_TEXT)
+    return value
+
+
+@st.composite
+def _field(draw: st.DrawFn) -> str:
+    reps = draw(st.lists(st.lists(_component(), min_size=1, max_size=5), min_size=0, max_size=3))
+    return "~".join("^".join(rep) for rep in reps)
+
+
+@st.composite
+def _segment(draw: st.DrawFn, name: str) -> str:
+    fields = draw(st.lists(_field(), min_size=0, max_size=50))
+    return "|".join([name, *fields])
+
+
+@st.composite
+def _messages(draw: st.DrawFn) -> str:
+    trigger = draw(st.sampled_from(["A01", "A02", "A03", "A08", "A17", "A20"]))
+    names = draw(
+        st.lists(st.sampled_from(["PID", "PV1", "PV2", "NPU", "ZPI", "NK1", "AL1", "OBX"]), max_size=8)
+    )
+    segments = [msh(trigger, draw(st.text(alphabet="ABC123", min_size=1, max_size=8)))]
+    if draw(st.booleans()):
+        segments.append(evn(trigger))
+    segments += [draw(_segment(name)) for name in names]
+    text = "\r".join(segments)
+    delimiters = draw(_DELIMITERS)
+    return text.translate(str.maketrans(dict(zip("|^~\\&", delimiters, strict=True))))
+
+
+def _outcome(text: str, projected: bool) -> object:
+    try:
+        return read_message(text, project_first=projected)
+    except Hl7Error as exc:
+        return (exc.ack, exc.problem)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_messages())
+def test_projected_parse_agrees_with_a_full_python_hl7_parse(text: str) -> None:
+    assert _outcome(text, True) == _outcome(text, False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_field(), min_size=1, max_size=6), st.integers(1, 6), st.integers(1, 3), st.integers(1, 5))
+def test_reading_the_tree_agrees_with_python_hl7_extract_field(
+    fields: list[str], number: int, repetition: int, component: int
+) -> None:
+    segment = hl7.parse("MSH|^~\\&|X\rZZZ|" + "|".join(fields)).segment("ZZZ")
+    try:
+        expected = str(segment.extract_field(1, number, repetition, component, 1)).strip()
+    except IndexError:
+        expected = ""
+    assert _Segment(segment, None).value(number, repetition, component) == expected
