@@ -96,6 +96,8 @@ class Stack:
             ICC_MLLP_HOST=self.settings.mllp_host,
             ICC_MLLP_SOURCES=self.settings.mllp_sources,
             ICC_TOPIC_PARTITIONS=str(self.settings.topic_partitions),
+            ICC_STATE_TICK_SECONDS=str(self.settings.state_tick_seconds),
+            ICC_ESCALATION_RULES=str(self.settings.escalation_rules.resolve()),
             PYTHONUNBUFFERED="1",
         )
         env.update(extra)

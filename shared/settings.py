@@ -19,6 +19,11 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(default="", alias="KAFKA_BOOTSTRAP")
     org_file: Path = Field(default=Path("deploy/org/sample-icb.yaml"), alias="ICC_ORG_FILE")
     opel_profile: Path = Field(default=Path("deploy/opel/default-profile.yaml"), alias="ICC_OPEL_PROFILE")
+    escalation_rules: Path = Field(
+        default=Path("deploy/escalation/default-rules.yaml"), alias="ICC_ESCALATION_RULES"
+    )
+    # Outbound escalation webhook (signed); empty is off.
+    escalation_webhook_url: str = Field(default="", alias="ICC_ESCALATION_WEBHOOK_URL")
     state_tick_seconds: float = Field(default=15.0, gt=0, alias="ICC_STATE_TICK_SECONDS")
     secrets_file: Path | None = Field(default=None, alias="ICC_SECRETS_FILE")
 
@@ -61,6 +66,10 @@ class Settings(BaseSettings):
                     "production needs ICC_SECRETS_FILE; generated development secrets are refused"
                 )
         return self
+
+    @property
+    def command_centre_url(self) -> str:
+        return f"http://{self.host}:{self.command_centre_port}"
 
     @property
     def resolved_secrets_file(self) -> Path:

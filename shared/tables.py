@@ -12,13 +12,16 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
     PrimaryKeyConstraint,
     Uuid,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -179,6 +182,60 @@ class DeclaredOpel(SQLModel, table=True):
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
     withdrawn_by: str | None = None
+
+
+class Escalation(SQLModel, table=True):
+    """An escalation as it stands; `promote_at` is the persisted deadline the timer acts on."""
+
+    __tablename__ = "escalation"
+    __table_args__ = (
+        Index(
+            "ux_escalation_active_dedup",
+            "dedup_key",
+            unique=True,
+            postgresql_where=text("status IN ('open', 'acknowledged')"),
+        ),
+        Index("ix_escalation_site_status", "site_id", "status"),
+        Index("ix_escalation_promote_at", "promote_at", postgresql_where=text("promote_at IS NOT NULL")),
+    )
+    id: uuid.UUID = Field(sa_column=Column(Uuid, primary_key=True))
+    dedup_key: str
+    rule: str | None = None
+    tier: str
+    scope: str
+    origin_scope: str
+    site_id: str
+    severity: str
+    reason: str
+    values: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    status: str
+    owner: str | None = None
+    links: list[str] = Field(sa_column=Column(JSONB, nullable=False))
+    promote_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    snoozed_until: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    remind_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+    flapping: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
+    version: int
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class EscalationTimeline(SQLModel, table=True):
+    """Every change of an escalation: who, when, what (the exportable audit trail)."""
+
+    __tablename__ = "escalation_timeline"
+    __table_args__ = (Index("ix_escalation_timeline_escalation", "escalation_id", "id"),)
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    escalation_id: uuid.UUID = Field(sa_column=Column(Uuid, ForeignKey("escalation.id"), nullable=False))
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    actor: str
+    action: str
+    tier: str
+    detail: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
 
 
 class FhirEncounterState(SQLModel, table=True):

@@ -12,6 +12,9 @@ import asyncpg
 from fastapi import FastAPI
 
 from services.command_centre.api import router
+from services.command_centre.escalation_api import router as escalation_router
+from services.command_centre.escalation_engine import EscalationEngine
+from services.command_centre.escalation_policy import load_rules
 from services.command_centre.projection import StateProjection
 from services.command_centre.system_stage import SystemStage
 from shared import problems, topics
@@ -42,11 +45,16 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     settings = runtime.settings
     # an invalid profile refuses start-up, with a message naming the file and the field
     profile = load_profile(settings.opel_profile)
+    # so do invalid escalation rules, or a rule naming a metric that does not exist
+    rules = load_rules(settings.escalation_rules)
+    engine = EscalationEngine(rules, runtime.org)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
-        projection = StateProjection(runtime.org, profile, partitions=settings.topic_partitions)
+        projection = StateProjection(
+            runtime.org, profile, partitions=settings.topic_partitions, escalations=engine
+        )
         consumer = StoredOffsetConsumer(
             bootstrap=runtime.bootstrap,
             pool=runtime.db,
@@ -63,7 +71,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         )
         system = SystemStage(runtime.database_url, runtime.org, profile, interval=settings.state_tick_seconds)
         runtime.extra.update(
-            consumer=consumer, relay=relay, projection=projection, profile=profile, system=system
+            consumer=consumer, relay=relay, projection=projection, profile=profile, system=system, rules=rules
         )
         stop = asyncio.Event()
         tasks = [
@@ -83,4 +91,5 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = runtime
     problems.install(app)
     app.include_router(router)
+    app.include_router(escalation_router)
     return app

@@ -22,6 +22,7 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
+from services.command_centre.escalation_engine import EscalationEngine
 from services.command_centre.metrics import SiteMetrics, site_metrics, ward_metrics
 from services.command_centre.site_state import SiteState
 from shared import topics
@@ -97,12 +98,14 @@ class StateProjection:
         partitions: int,
         clock: Callable[[], datetime] = utcnow,
         snapshot_every: int = 5000,
+        escalations: EscalationEngine | None = None,
     ) -> None:
         self.org = org
         self.profile = profile
         self.partitions = partitions
         self.clock = clock
         self.snapshot_every = snapshot_every
+        self.escalations = escalations
         self.sites: dict[str, LiveSite] = {}
         self.owned: set[str] = set()
         self.lock = asyncio.Lock()
@@ -111,12 +114,14 @@ class StateProjection:
     # ---- ownership ---------------------------------------------------------------------------
     def forget(self) -> None:
         self.sites.clear()
+        if self.escalations is not None:
+            self.escalations.forget()
 
     def assigned(self, partitions: Sequence[TopicPartition], counts: dict[str, int]) -> None:
         mine = {tp.partition for tp in partitions if tp.topic == topics.BEDS.name}
         count = counts.get(topics.BEDS.name) or self.partitions
         self.owned = {s.id for s in self.org.sites if site_partition(s.id, count) in mine}
-        self.sites.clear()
+        self.forget()
 
     async def _live(self, conn: asyncpg.Connection, site_id: str) -> LiveSite:
         live = self.sites.get(site_id)
@@ -264,6 +269,15 @@ class StateProjection:
         await write_history(conn, f"site:{site_id}", points, now)
         if outbox:
             await append(conn, outbox)
+        if self.escalations is not None:
+            # rules and timers in the same transaction as the state that triggered them
+            await self.escalations.evaluate_site(
+                conn,
+                site_id,
+                {w: m.model_dump() for w, m in all_wards.items()},
+                {**metrics.opel_inputs(), "opel_level": opel["effective_level"]},
+                now,
+            )
 
     def opel_view(
         self, metrics: SiteMetrics, declared: DeclaredLevel | None, now: datetime

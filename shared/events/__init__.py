@@ -24,6 +24,7 @@ from shared.events.envelope import (
     upcast,
     utcnow,
 )
+from shared.events.escalations import EscalationChanged
 from shared.events.patients import (
     AdmissionCancelled,
     DischargeCancelled,
@@ -60,6 +61,7 @@ __all__ = [
     "EdDeparted",
     "EdSeen",
     "Envelope",
+    "EscalationChanged",
     "LeaveOfAbsence",
     "Location",
     "PatientAdmitted",

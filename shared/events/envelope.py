@@ -28,6 +28,7 @@ from shared.events.ed import (
     EdDeparted,
     EdSeen,
 )
+from shared.events.escalations import EscalationChanged
 from shared.events.patients import (
     AdmissionCancelled,
     DischargeCancelled,
@@ -80,6 +81,7 @@ PAYLOAD_TYPES: tuple[type[Payload], ...] = (
     AmbulanceHandedOver,
     WardStateChanged,
     ScopeStateChanged,
+    EscalationChanged,
 )
 
 AnyPayload = Annotated[
@@ -106,7 +108,8 @@ AnyPayload = Annotated[
     | AmbulanceArrived
     | AmbulanceHandedOver
     | WardStateChanged
-    | ScopeStateChanged,
+    | ScopeStateChanged
+    | EscalationChanged,
     Field(discriminator="event_type"),
 ]
 
