@@ -55,10 +55,15 @@ def _may_act(user: Principal, runtime: Runtime, esc: Escalation) -> None:
         )
 
 
+def _may_see(user: Principal, runtime: Runtime, esc: Escalation) -> bool:
+    """Its current scope, or where it started: a ward still sees (not acts on) what it promoted."""
+    return any(user.may_see(Scope.parse(s), runtime.org) for s in (esc.scope, esc.origin_scope))
+
+
 async def _load_visible(runtime: Runtime, user: Principal, escalation_id: uuid.UUID) -> Escalation:
     async with runtime.db.acquire() as conn:
         esc = await store.get(conn, escalation_id)
-    if esc is None or not user.may_see(Scope.parse(esc.scope), runtime.org):
+    if esc is None or not _may_see(user, runtime, esc):
         # one answer for "absent" and "not yours": an id says nothing about places you cannot see
         raise Problem(404, "not-found", "No such escalation", f"escalation {escalation_id} not found")
     return esc
@@ -119,9 +124,10 @@ async def list_escalations(
     for row in rows:
         esc = store.from_row(row)
         place = Scope.parse(esc.scope)
-        if not user.may_see(place, runtime.org):
+        if not _may_see(user, runtime, esc):
             continue
-        if wanted is not None and not _within(place, wanted, runtime):
+        origin = Scope.parse(esc.origin_scope)
+        if wanted is not None and not (_within(place, wanted, runtime) or _within(origin, wanted, runtime)):
             continue
         found.append(_view(esc))
         if len(found) >= limit:

@@ -103,14 +103,28 @@ async def save(conn: asyncpg.Connection, esc: Escalation, *, due_check: bool = F
     else:
         row = await conn.fetchrow(
             """
-            UPDATE escalation SET tier = $4, scope = $5, severity = $8, reason = $9, values = $10,
-                status = $11, owner = $12, links = $13, promote_at = $14, snoozed_until = $15,
-                remind_at = $16, flapping = $17, version = $18, updated_at = $20
-            WHERE id = $1 AND version = $18 - 1
-              AND ($21::timestamptz IS NULL OR promote_at <= $21)
+            UPDATE escalation SET tier = $2, scope = $3, severity = $4, reason = $5, values = $6,
+                status = $7, owner = $8, links = $9, promote_at = $10, snoozed_until = $11,
+                remind_at = $12, flapping = $13, version = $14, updated_at = $15
+            WHERE id = $1 AND version = $14 - 1
+              AND ($16::timestamptz IS NULL OR promote_at <= $16)
             RETURNING id
             """,
-            *values,
+            esc.id,
+            esc.tier.value,
+            esc.scope,
+            esc.severity.value,
+            esc.reason,
+            esc.values,
+            esc.status.value,
+            esc.owner,
+            esc.links,
+            esc.promote_at,
+            esc.snoozed_until,
+            esc.remind_at,
+            esc.flapping,
+            esc.version + 1,
+            esc.updated_at,
             esc.updated_at if due_check else None,
         )
     if row is None:

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, ORJSONResponse
 
@@ -36,7 +37,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         live = LiveState(runtime.org)
         await seed_from_database(runtime.db, live)
         feed = StateFeed(runtime.bootstrap, live, partitions=runtime.settings.topic_partitions)
-        runtime.extra.update(live=live, feed=feed)
+        command_centre = httpx.AsyncClient(base_url=runtime.settings.command_centre_url, timeout=10.0)
+        runtime.extra.update(live=live, feed=feed, command_centre=command_centre)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(feed.run(stop)), asyncio.create_task(_heartbeats(live, stop))]
         try:
@@ -44,6 +46,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await command_centre.aclose()
             await runtime.stop()
 
     app = FastAPI(title="ICC gateway", version="0.1.0", lifespan=lifespan)

@@ -45,6 +45,7 @@ class LiveState:
         self.org = org
         self.wards: dict[str, dict[str, Any]] = {}
         self.summaries: dict[str, dict[str, Any]] = {}  # "site:ID" / "system:ID" → metrics and OPEL
+        self.escalations: dict[str, dict[str, Any]] = {}  # open and acknowledged, by id
         self.seq: dict[Scope, int] = defaultdict(int)
         self.subscribers: dict[Scope, set[Subscriber]] = defaultdict(set)
         self.changes = 0
@@ -88,6 +89,35 @@ class LiveState:
                 self._publish(target, summary, kind="summary")
         return True
 
+    def update_escalation(self, escalation: dict[str, Any], *, publish: bool = True) -> bool:
+        """Keep an escalation if newer; push it to the watchers of its scope and every scope above."""
+        key = escalation["id"]
+        held = self.escalations.get(key)
+        if held is not None and held["version"] >= escalation["version"]:
+            return False
+        if escalation["status"] in ("open", "acknowledged"):
+            self.escalations[key] = escalation
+        else:
+            self.escalations.pop(key, None)
+        self.changes += 1
+        if publish:
+            for target in self.scopes_above(Scope.parse(escalation["scope"])):
+                self._publish(target, escalation, kind="escalation")
+        return True
+
+    def scopes_above(self, scope: Scope) -> list[Scope]:
+        """The scope itself and every scope that contains it (ward → site → system)."""
+        system = Scope(Tier.system, self.org.system.id)
+        if scope.tier is Tier.ward:
+            ward = self.org.wards.get(scope.id)
+            return [scope, Scope(Tier.site, ward.site_id), system] if ward is not None else [scope]
+        if scope.tier is Tier.site:
+            return [scope, system]
+        return [scope]
+
+    def escalations_in(self, scope: Scope) -> list[dict[str, Any]]:
+        return [e for e in self.escalations.values() if scope in self.scopes_above(Scope.parse(e["scope"]))]
+
     def _publish(self, scope: Scope, summary: dict[str, Any], kind: str = "ward") -> None:
         watchers = self.subscribers.get(scope)
         self.seq[scope] += 1
@@ -112,6 +142,7 @@ class LiveState:
                 "organisation": self.organisation_view(scope),
                 "wards": [self.wards[w] for w in ward_ids if w in self.wards],
                 "summaries": [self.summaries[k] for k in self.summary_keys(scope) if k in self.summaries],
+                "escalations": self.escalations_in(scope),
             }
         ).decode()
 

@@ -1,4 +1,5 @@
-"""Keeps the gateway's live state current: a seed from PostgreSQL, then the state topic read whole.
+"""Keeps the gateway's live state current: a seed from PostgreSQL, then the state and escalation
+topics read whole.
 
 No consumer group: every replica reads every partition (broadcast). A broker that lost its log is
 noticed by its incarnation marker and read again from the start; versions make re-reads harmless.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import asyncpg
 import orjson
@@ -26,6 +28,21 @@ async def seed_from_database(pool: asyncpg.Pool, live: LiveState) -> None:
         live.seed(row["summary"])
     for row in await pool.fetch("SELECT summary FROM scope_state"):
         live.update_summary(row["summary"], publish=False)
+    for row in await pool.fetch(
+        "SELECT id, dedup_key, rule, tier, scope, origin_scope, site_id, severity, reason, values, status, "
+        "owner, links, promote_at, snoozed_until, flapping, version, created_at, updated_at "
+        "FROM escalation WHERE status IN ('open', 'acknowledged')"
+    ):
+        live.update_escalation(escalation_view(row), publish=False)
+
+
+def escalation_view(row: asyncpg.Record) -> dict[str, Any]:
+    """The same shape as the `escalation` of an `escalation.changed` event."""
+    view = dict(row)
+    view["id"] = str(row["id"])
+    for name in ("promote_at", "snoozed_until", "created_at", "updated_at"):
+        view[name] = row[name].isoformat() if row[name] is not None else None
+    return view
 
 
 class StateFeed:
@@ -49,8 +66,11 @@ class StateFeed:
         try:
             await consumer.start()
             await consumer.topics()  # fetches fresh metadata
-            parts = consumer.partitions_for_topic(topics.STATE.name) or set()
-            assigned = [TopicPartition(topics.STATE.name, p) for p in sorted(parts)]
+            assigned = [
+                TopicPartition(topic.name, p)
+                for topic in (topics.STATE, topics.ESCALATIONS)
+                for p in sorted(consumer.partitions_for_topic(topic.name) or set())
+            ]
             consumer.assign(assigned)
             await consumer.seek_to_beginning(*assigned)
             self.running = True
@@ -80,6 +100,8 @@ class StateFeed:
                 self.live.update(payload)
             elif payload.get("event_type") == "scope.state_changed":
                 self.live.update_summary(payload)
+            elif payload.get("event_type") == "escalation.changed":
+                self.live.update_escalation(payload["escalation"])
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             self.undecodable += 1
             log.warning("undecodable state record skipped: %s", exc)

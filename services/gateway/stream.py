@@ -1,4 +1,5 @@
-"""`WS /v1/stream`: authenticate with the first message, subscribe to scopes, receive snapshot + deltas.
+"""`WS /v1/stream`: authenticate with the first message, subscribe to scopes, receive snapshot + deltas,
+and act on escalations (`{"type": "act", ...}`, answered by `act_result`).
 
 Close codes: 4400 bad message, 4401 not authenticated, 4403 scope not allowed, 4408 too slow.
 """
@@ -10,6 +11,7 @@ import contextlib
 import logging
 from typing import Any
 
+import httpx
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
@@ -34,12 +36,12 @@ async def _receive_json(ws: WebSocket, timeout: float | None = None) -> dict[str
     return message
 
 
-async def _authenticate(ws: WebSocket, runtime: Runtime) -> Principal | None:
+async def _authenticate(ws: WebSocket, runtime: Runtime) -> tuple[Principal, str] | None:
     try:
         message = await _receive_json(ws, AUTH_TIMEOUT_SECONDS)
         if message["type"] != "auth" or not isinstance(message.get("token"), str):
             raise AuthError('the first message must be {"type": "auth", "token": ...}')
-        return verify_token(runtime.secrets.jwt_secret, message["token"])
+        return verify_token(runtime.secrets.jwt_secret, message["token"]), message["token"]
     except (AuthError, ValueError, TimeoutError) as exc:
         reason = exc.detail if isinstance(exc, AuthError) else str(exc) or "authentication timed out"
         await ws.close(CLOSE_UNAUTHENTICATED, reason[:120])
@@ -52,14 +54,47 @@ async def _sender(ws: WebSocket, subscriber: Subscriber) -> None:
         await ws.send_text(frame)
 
 
+ACTIONS = {"acknowledge": "acknowledge", "resolve": "resolve", "note": "notes"}
+
+
+async def act(runtime: Runtime, token: str, message: dict[str, Any]) -> str:
+    """Carry an escalation action to command-centre with the user's own token; answer its verdict.
+
+    Command-centre decides who may do what, so the WebSocket and REST can never disagree.
+    """
+    action, ident = message.get("action"), message.get("id")
+    result: dict[str, Any] = {"type": "act_result", "id": ident, "action": action}
+    if action not in ACTIONS or not isinstance(ident, str):
+        return orjson.dumps(
+            {**result, "status": 400, "detail": f"action must be one of {sorted(ACTIONS)}"}
+        ).decode()
+    body = {"text": message.get("text") or ""} if action == "note" else {}
+    client: httpx.AsyncClient = runtime.extra["command_centre"]
+    try:
+        response = await client.post(
+            f"/v1/escalations/{ident}/{ACTIONS[action]}",
+            json=body or None,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    except httpx.HTTPError as exc:
+        return orjson.dumps(
+            {**result, "status": 503, "detail": f"command centre unreachable: {exc}"}
+        ).decode()
+    answer = response.json() if response.headers.get("content-type", "").endswith("json") else {}
+    if response.is_success:
+        return orjson.dumps({**result, "status": response.status_code, "escalation": answer}).decode()
+    return orjson.dumps({**result, "status": response.status_code, "detail": answer.get("detail")}).decode()
+
+
 @router.websocket("/v1/stream")
 async def stream(ws: WebSocket) -> None:
     runtime: Runtime = ws.app.state.runtime
     live: LiveState = runtime.extra["live"]
     await ws.accept()
-    principal = await _authenticate(ws, runtime)
-    if principal is None:
+    authenticated = await _authenticate(ws, runtime)
+    if authenticated is None:
         return
+    principal, token = authenticated
     subscriber = Subscriber()
     await ws.send_text(
         orjson.dumps(
@@ -95,6 +130,8 @@ async def stream(ws: WebSocket) -> None:
                     await ws.close(CLOSE_FORBIDDEN, f"scope {scope} not allowed for this token"[:120])
                     return
                 subscriber.offer(live.subscribe(subscriber, scope))
+            elif message["type"] == "act":
+                subscriber.offer(await act(runtime, token, message))
             elif message["type"] == "unsubscribe":
                 live.unsubscribe(subscriber)
             elif message["type"] != "ping":

@@ -1,0 +1,111 @@
+"""Escalations in PostgreSQL: rules raise and dedup inside a transaction, lifecycle events go to
+the outbox with them, and a deadline promotes exactly once however many replicas race for it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import orjson
+import pytest
+
+from services.command_centre import escalation_store as store
+from services.command_centre.escalation_engine import EscalationEngine
+from services.command_centre.escalation_policy import RuleSet
+from shared import topics
+from shared.db import create_pool
+from shared.organisation import Organisation
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+WARD = "RXN01-CCU"
+RULES = RuleSet.model_validate(
+    {
+        "version": "test",
+        "ack_timeout_seconds": {"ward": 60, "site": 600, "system": 3600},
+        "rules": [
+            {
+                "id": "ward-full",
+                "description": "Ward has no available beds",
+                "tier": "ward",
+                "all": [{"metric": "available", "op": "<=", "value": 0, "clear": 2}],
+            },
+            {
+                "id": "three-wards",
+                "description": "Three wards escalated",
+                "tier": "site",
+                "all": [{"metric": "ward_escalations_open", "op": ">=", "value": 3}],
+            },
+        ],
+    }
+)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(database_url, max_size=4)
+    yield p
+    await p.close()
+
+
+async def evaluate(
+    pool: asyncpg.Pool, engine: EscalationEngine, wards: dict[str, int], now: datetime
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await engine.evaluate_site(
+            conn, "RXN01", {w: {"available": n} for w, n in wards.items()}, {"opel_level": 1}, now
+        )
+
+
+async def test_raise_dedup_promote_once_and_aggregate(pool: asyncpg.Pool, org: Organisation) -> None:
+    engine = EscalationEngine(RULES, org)
+    await evaluate(pool, engine, {WARD: 0}, T0)
+    await evaluate(pool, engine, {WARD: 0}, T0 + timedelta(seconds=5))  # same rule and scope: no second
+    rows = await pool.fetch("SELECT id, tier, status FROM escalation")
+    assert [(r["tier"], r["status"]) for r in rows] == [("ward", "open")]
+    escalation_id = rows[0]["id"]
+
+    # two replicas (or a replay after a crash) both see the deadline pass: exactly one promotes
+    async with pool.acquire() as a, pool.acquire() as b:
+        first = await store.get(a, escalation_id)
+        second = await store.get(b, escalation_id)
+        assert first is not None and second is not None
+        late = T0 + timedelta(seconds=61)
+        assert first.promote(RULES, org, late) and second.promote(RULES, org, late)
+        async with a.transaction():
+            assert await store.save(a, first, due_check=True)
+        async with b.transaction():
+            assert not await store.save(b, second, due_check=True)
+    # and the next tick, with a stale idea of the deadline, does not promote again
+    await evaluate(pool, EscalationEngine(RULES, org), {WARD: 0}, T0 + timedelta(seconds=62))
+    actions = [t["action"] for t in await store.timeline(pool, escalation_id)]
+    assert actions == ["raised", "promoted"]
+    row = await pool.fetchrow("SELECT tier, scope FROM escalation WHERE id = $1", escalation_id)
+    assert (row["tier"], row["scope"]) == ("site", "site:RXN01")
+
+    # three wards of one site escalated: the site tier is raised directly, citing them
+    others = [w.id for w in org.sites_by_id["RXN01"].wards if w.id != WARD][:2]
+    await evaluate(pool, engine, {WARD: 0, others[0]: 0, others[1]: 0}, T0 + timedelta(seconds=70))
+    site = await pool.fetchrow("SELECT links, status FROM escalation WHERE rule = 'three-wards'")
+    assert site is not None and site["status"] == "open" and len(site["links"]) == 3
+
+    # the condition clears past its hysteresis: auto-resolved
+    await evaluate(pool, engine, {WARD: 2}, T0 + timedelta(seconds=80))
+    row = await pool.fetchrow("SELECT status FROM escalation WHERE id = $1", escalation_id)
+    assert row["status"] == "auto_resolved"
+
+    events = await pool.fetch(
+        "SELECT topic, key, value FROM outbox WHERE topic = $1", topics.ESCALATIONS.name
+    )
+    changes = [orjson.loads(e["value"])["payload"]["change"]["action"] for e in events]
+    assert changes.count("promoted") == 1
+    assert {e["key"] for e in events} == {"RXN01"}
+
+
+def test_default_rules_file_is_valid(org: Organisation) -> None:
+    from services.command_centre.escalation_policy import load_rules
+
+    EscalationEngine(load_rules(Path("deploy/escalation/default-rules.yaml")), org)
