@@ -1,0 +1,196 @@
+"""Escalations on the real stack: traffic fills a ward, the ward escalation is promoted to the site
+when nobody acknowledges it, a site manager acknowledges it (a ward token may not), the site's
+watchers see it; and a command-centre killed before a deadline promotes exactly once after restart."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import yaml
+
+from icc.embedded import Broker
+from icc.stack import Stack
+from shared.auth import Role
+from shared.organisation import Organisation
+from shared.secrets_store import Secrets
+from shared.settings import Settings
+from tests.conftest import eventually, make_settings
+from tests.helpers import StreamClient, bed_event, post_signed, token
+
+pytestmark = pytest.mark.e2e
+
+WARD = "RXN01-CCU"
+WARD_ACK_SECONDS = 3
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, broker: Broker, secrets_file: Path) -> Settings:
+    rules = {
+        "version": "test",
+        "ack_timeout_seconds": {"ward": WARD_ACK_SECONDS, "site": 600, "system": 600},
+        "rules": [
+            {
+                "id": "ward-full",
+                "description": "Ward has no available beds",
+                "tier": "ward",
+                "severity": "high",
+                "all": [{"metric": "available", "op": "<=", "value": 0, "clear": 2}],
+            }
+        ],
+    }
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    return make_settings(tmp_path, database_url, broker.bootstrap, secrets_file, ICC_ESCALATION_RULES=path)
+
+
+def bearer(secrets: Secrets, role: Role, scope: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(secrets, role, scope)}"}
+
+
+async def escalations(
+    client: httpx.AsyncClient, stack: Stack, secrets: Secrets, scope: str = "site:RXN01"
+) -> list[dict[str, Any]]:
+    response = await client.get(
+        f"{stack.url_of('command-centre')}/v1/escalations",
+        params={"scope": scope},
+        headers=bearer(secrets, Role.site_manager, "site:RXN01"),
+    )
+    assert response.status_code == 200, response.text
+    return list(response.json()["escalations"])
+
+
+async def test_full_ward_escalates_and_is_promoted_to_the_site(
+    stack: Stack, test_secrets: Secrets, org: Organisation
+) -> None:
+    centre = stack.url_of("command-centre")
+    watcher = await StreamClient.connect(
+        stack.url_of("gateway"), token(test_secrets, Role.wall_display, "site:RXN01"), "site:RXN01"
+    )
+    snapshot = await watcher.next("snapshot")
+    assert snapshot["escalations"] == []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for bed in org.wards[WARD].bed_list:
+            response = await post_signed(
+                client, f"{stack.url_of('ingest')}/v1/bed-events", test_secrets, bed_event(bed.id, "occupied")
+            )
+            assert response.status_code == 202, response.text
+
+        raised, _ = await watcher.until(lambda d: (d.get("escalation") or {}).get("rule") == "ward-full")
+        escalation = raised["escalation"]
+        assert (escalation["tier"], escalation["scope"]) == ("ward", f"ward:{WARD}")
+        assert escalation["values"] == {"available": 0.0}
+
+        # nobody acknowledges within the ward's timeout: promoted to the site, pushed to its watchers
+        promoted, _ = await watcher.until(
+            lambda d: (
+                (d.get("escalation") or {}).get("id") == escalation["id"]
+                and d["escalation"]["tier"] == "site"
+            ),
+            timeout=WARD_ACK_SECONDS + 30,
+        )
+        assert promoted["escalation"]["scope"] == "site:RXN01"
+
+        nurse = bearer(test_secrets, Role.ward_nurse, f"ward:{WARD}")
+        url = f"{centre}/v1/escalations/{escalation['id']}"
+        refused = await client.post(f"{url}/acknowledge", headers=nurse)
+        assert refused.status_code == 403, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+
+        manager = bearer(test_secrets, Role.site_manager, "site:RXN01")
+        acked = await client.post(f"{url}/acknowledge", headers=manager)
+        assert acked.status_code == 200, acked.text
+        assert acked.json()["status"] == "acknowledged"
+        seen, _ = await watcher.until(
+            lambda d: (
+                (d.get("escalation") or {}).get("id") == escalation["id"]
+                and d["escalation"]["status"] == "acknowledged"
+            )
+        )
+        assert seen["escalation"]["owner"] == "test-site_manager"
+
+        noted = await client.post(f"{url}/notes", headers=manager, json={"text": "opening escalation beds"})
+        assert noted.status_code == 200, noted.text
+        actions = [t["action"] for t in noted.json()["timeline"]]
+        assert actions == ["raised", "promoted", "acknowledged", "note"]
+
+        export = await client.get(f"{url}/timeline.csv", headers=manager)
+        assert export.status_code == 200
+        assert export.text.splitlines()[0] == "escalation_id,at,actor,action,tier,detail"
+        assert len(export.text.splitlines()) == 5
+
+        # the same rule and ward: still one escalation
+        assert [e["id"] for e in await escalations(client, stack, test_secrets)] == [escalation["id"]]
+    await watcher.close()
+
+
+async def test_acting_over_the_websocket(stack: Stack, test_secrets: Secrets) -> None:
+    nurse = await StreamClient.connect(
+        stack.url_of("gateway"), token(test_secrets, Role.ward_nurse, f"ward:{WARD}"), f"ward:{WARD}"
+    )
+    await nurse.next("snapshot")
+    async with httpx.AsyncClient(timeout=30) as client:
+        raised = await client.post(
+            f"{stack.url_of('command-centre')}/v1/escalations",
+            headers=bearer(test_secrets, Role.ward_nurse, f"ward:{WARD}"),
+            json={"scope": f"ward:{WARD}", "reason": "two nurses off sick", "severity": "high"},
+        )
+        assert raised.status_code == 201, raised.text
+    ident = raised.json()["id"]
+    # acknowledged at once over the socket (before the short test timeout promotes it)
+    await nurse.ws.send(orjson.dumps({"type": "act", "id": ident, "action": "acknowledge"}).decode())
+    result = await nurse.next("act_result")
+    assert result["status"] == 200, result
+    assert result["escalation"]["status"] == "acknowledged"
+    await nurse.until(
+        lambda d: (
+            (d.get("escalation") or {}).get("id") == ident and d["escalation"]["status"] == "acknowledged"
+        )
+    )
+    await nurse.close()
+
+    display = await StreamClient.connect(
+        stack.url_of("gateway"), token(test_secrets, Role.wall_display, "site:RXN01"), "site:RXN01"
+    )
+    snapshot = await display.next("snapshot")
+    assert [e["id"] for e in snapshot["escalations"]] == [ident]
+    await display.ws.send(orjson.dumps({"type": "act", "id": ident, "action": "resolve"}).decode())
+    refused = await display.next("act_result")
+    assert refused["status"] == 403
+    await display.close()
+
+
+async def test_crash_before_the_deadline_promotes_exactly_once(stack: Stack, test_secrets: Secrets) -> None:
+    centre = stack.url_of("command-centre")
+    nurse = bearer(test_secrets, Role.ward_nurse, f"ward:{WARD}")
+    async with httpx.AsyncClient(timeout=30) as client:
+        raised = await client.post(
+            f"{centre}/v1/escalations",
+            headers=nurse,
+            json={"scope": f"ward:{WARD}", "reason": "staffing", "key": "staffing"},
+        )
+        assert raised.status_code == 201, raised.text
+        ident = raised.json()["id"]
+        stack.stop_service("command-centre", signal.SIGKILL)
+        await asyncio.sleep(WARD_ACK_SECONDS + 1)  # the deadline passes while nobody is running
+        stack.start_service("command-centre")
+        await asyncio.to_thread(stack.wait_ready, "command-centre")
+
+        manager = bearer(test_secrets, Role.site_manager, "site:RXN01")
+
+        async def promoted() -> dict[str, Any] | None:
+            response = await client.get(f"{centre}/v1/escalations/{ident}", headers=manager)
+            body: dict[str, Any] = response.json()
+            return body if body["tier"] == "site" else None
+
+        found = await eventually(promoted, timeout=60)
+        await asyncio.sleep(3)  # a few more ticks: nothing more may happen
+        again = await client.get(f"{centre}/v1/escalations/{ident}", headers=manager)
+        actions = [t["action"] for t in again.json()["timeline"]]
+        assert actions.count("promoted") == 1, actions
+        assert found["scope"] == "site:RXN01"
