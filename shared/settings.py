@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     )
     # Outbound escalation webhook (signed); empty is off.
     escalation_webhook_url: str = Field(default="", alias="ICC_ESCALATION_WEBHOOK_URL")
+    escalation_webhook_secret: str = Field(default="", alias="ICC_ESCALATION_WEBHOOK_SECRET")
+    escalation_webhook_attempts: int = Field(default=8, ge=1, alias="ICC_ESCALATION_WEBHOOK_ATTEMPTS")
     state_tick_seconds: float = Field(default=15.0, gt=0, alias="ICC_STATE_TICK_SECONDS")
     secrets_file: Path | None = Field(default=None, alias="ICC_SECRETS_FILE")
 
@@ -53,6 +55,14 @@ class Settings(BaseSettings):
         default=Path("deploy/org/location-map.yaml"), alias="ICC_LOCATION_MAP_FILE"
     )
     consumer_group: str = Field(default="icc-command-centre", alias="ICC_CONSUMER_GROUP")
+
+    @model_validator(mode="after")
+    def _signed_escalation_webhook(self) -> Settings:
+        if self.escalation_webhook_url and len(self.escalation_webhook_secret) < 32:
+            raise ValueError(
+                "ICC_ESCALATION_WEBHOOK_URL needs ICC_ESCALATION_WEBHOOK_SECRET (32 characters or more)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_dev_defaults_in_production(self) -> Settings:

@@ -20,6 +20,8 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     PrimaryKeyConstraint,
+    String,
+    UniqueConstraint,
     Uuid,
     false,
     text,
@@ -236,6 +238,35 @@ class EscalationTimeline(SQLModel, table=True):
     action: str
     tier: str
     detail: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+
+
+class EscalationDelivery(SQLModel, table=True):
+    """An escalation change queued for an outbound notifier, with every attempt logged."""
+
+    __tablename__ = "escalation_delivery"
+    __table_args__ = (
+        UniqueConstraint("event_id", "notifier"),
+        Index(
+            "ix_escalation_delivery_due",
+            "notifier",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    event_id: uuid.UUID = Field(sa_column=Column(Uuid, nullable=False))
+    notifier: str
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    status: str = Field(default="pending", sa_column=Column(String, nullable=False, server_default="pending"))
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    next_attempt_at: datetime = _ts()
+    last_status: int | None = None
+    last_error: str | None = None
+    log: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False, server_default="[]"))
+    created_at: datetime = _ts()
+    delivered_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
 
 
 class FhirEncounterState(SQLModel, table=True):

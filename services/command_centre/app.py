@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
+import httpx
 from fastapi import FastAPI
 
 from services.command_centre.api import router
 from services.command_centre.escalation_api import router as escalation_router
 from services.command_centre.escalation_engine import EscalationEngine
 from services.command_centre.escalation_policy import load_rules
+from services.command_centre.notifiers import Backoff, DeliveryLoop, WebhookNotifier
 from services.command_centre.projection import StateProjection
 from services.command_centre.system_stage import SystemStage
 from shared import problems, topics
@@ -47,7 +49,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     profile = load_profile(settings.opel_profile)
     # so do invalid escalation rules, or a rule naming a metric that does not exist
     rules = load_rules(settings.escalation_rules)
-    engine = EscalationEngine(rules, runtime.org)
+    notifiers = ("webhook",) if settings.escalation_webhook_url else ()
+    engine = EscalationEngine(rules, runtime.org, notifiers=notifiers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,6 +76,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         runtime.extra.update(
             consumer=consumer, relay=relay, projection=projection, profile=profile, system=system, rules=rules
         )
+        runtime.extra["notifiers"] = notifiers
+        webhook_client = httpx.AsyncClient(timeout=10.0)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(consumer.run(stop)),
@@ -80,11 +85,21 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             asyncio.create_task(_ticks(projection, runtime, stop)),
             asyncio.create_task(system.run(stop)),
         ]
+        if settings.escalation_webhook_url:
+            webhook = WebhookNotifier(
+                settings.escalation_webhook_url, settings.escalation_webhook_secret, webhook_client
+            )
+            delivery = DeliveryLoop(
+                runtime.db, webhook, backoff=Backoff(max_attempts=settings.escalation_webhook_attempts)
+            )
+            runtime.extra["delivery"] = delivery
+            tasks.append(asyncio.create_task(delivery.run(stop)))
         try:
             yield
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await webhook_client.aclose()
             await runtime.stop()
 
     app = FastAPI(title="ICC command centre", version="0.2.0", lifespan=lifespan)

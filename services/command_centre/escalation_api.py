@@ -92,7 +92,7 @@ async def _act(
             change(esc, datetime.now(UTC))
         except TransitionError as exc:
             raise Problem(409, "conflict", "Not possible now", str(exc)) from exc
-        await store.save(conn, esc)
+        await store.save(conn, esc, notifiers=runtime.extra.get("notifiers", ()))
         timeline = await store.timeline(conn, esc.id)
     return _view(esc, timeline)
 
@@ -196,7 +196,7 @@ async def raise_escalation(body: RaiseBody, runtime: CurrentRuntime, user: Curre
                 actor=user.subject,
                 now=now,
             )
-        if not await store.save(conn, esc):
+        if not await store.save(conn, esc, notifiers=runtime.extra.get("notifiers", ())):
             raise Problem(
                 409, "conflict", "Raised concurrently", "the same escalation was raised at the same time"
             )

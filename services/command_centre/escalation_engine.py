@@ -27,12 +27,13 @@ SITE_RULE_METRICS = (frozenset(SiteMetrics.model_fields) - {"as_of", "ed_time_in
 
 
 class EscalationEngine:
-    def __init__(self, rules: RuleSet, org: Organisation) -> None:
+    def __init__(self, rules: RuleSet, org: Organisation, *, notifiers: tuple[str, ...] = ()) -> None:
         rules.check_metrics(set(WARD_RULE_METRICS), set(SITE_RULE_METRICS))
         self.rules = rules
         self.org = org
         self.evaluator = Evaluator(rules)
         self.conflicts = 0
+        self.notifiers = notifiers
 
     def forget(self) -> None:
         self.evaluator.tracks.clear()
@@ -112,5 +113,5 @@ class EscalationEngine:
             await self._save(conn, esc)
 
     async def _save(self, conn: asyncpg.Connection, esc: Escalation, *, due_check: bool = False) -> None:
-        if not await store.save(conn, esc, due_check=due_check):
+        if not await store.save(conn, esc, due_check=due_check, notifiers=self.notifiers):
             self.conflicts += 1  # someone else changed it first; the next evaluation sees theirs

@@ -7,12 +7,14 @@ that same transaction, so the change, its audit trail and its event commit toget
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
 from services.command_centre.escalation_policy import Severity
 from services.command_centre.escalations import Escalation, Status, TimelineEntry
+from services.command_centre.notifiers import enqueue
 from shared import topics
 from shared.auth import Tier
 from shared.events import Envelope, EscalationChanged
@@ -64,7 +66,13 @@ async def get(conn: asyncpg.Connection, escalation_id: uuid.UUID, *, lock: bool 
     return from_row(row) if row is not None else None
 
 
-async def save(conn: asyncpg.Connection, esc: Escalation, *, due_check: bool = False) -> bool:
+async def save(
+    conn: asyncpg.Connection,
+    esc: Escalation,
+    *,
+    due_check: bool = False,
+    notifiers: Sequence[str] = (),
+) -> bool:
     """Write the escalation if nobody changed it meanwhile; False (nothing written) otherwise.
 
     New escalations insert (the active-dedup index turns a concurrent second into a no-op); known
@@ -138,7 +146,10 @@ async def save(conn: asyncpg.Connection, esc: Escalation, *, due_check: bool = F
             [(esc.id, e.at, e.actor, e.action, e.tier.value, e.detail) for e in entries],
         )
     change = entries[-1] if entries else TimelineEntry(esc.updated_at, "icc", "updated", esc.tier)
-    await append(conn, [lifecycle_event(esc, change)])
+    event = lifecycle_event(esc, change)
+    await append(conn, [event])
+    for notifier in notifiers:  # queued with the change, sent by the delivery loop
+        await enqueue(conn, notifier, event.event_id, event.value)
     return True
 
 

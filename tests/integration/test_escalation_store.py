@@ -3,18 +3,22 @@ the outbox with them, and a deadline promotes exactly once however many replicas
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import httpx
 import orjson
 import pytest
 
 from services.command_centre import escalation_store as store
 from services.command_centre.escalation_engine import EscalationEngine
 from services.command_centre.escalation_policy import RuleSet
+from services.command_centre.notifiers import Backoff, DeliveryLoop, WebhookNotifier
 from shared import topics
+from shared.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_webhook
 from shared.db import create_pool
 from shared.organisation import Organisation
 
@@ -109,3 +113,64 @@ def test_default_rules_file_is_valid(org: Organisation) -> None:
     from services.command_centre.escalation_policy import load_rules
 
     EscalationEngine(load_rules(Path("deploy/escalation/default-rules.yaml")), org)
+
+
+async def test_webhook_is_signed_retried_logged_and_dead_lettered(
+    pool: asyncpg.Pool, org: Organisation
+) -> None:
+    secret = secrets.token_urlsafe(32)  # generated per run
+    answers = [503, 500, 200]
+    received: list[httpx.Request] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        received.append(request)
+        return httpx.Response(answers.pop(0) if answers else 200)
+
+    engine = EscalationEngine(RULES, org, notifiers=("webhook",))
+    await evaluate(pool, engine, {WARD: 0}, T0)
+    now = [datetime.now(UTC) + timedelta(seconds=1)]  # rows are queued at the database's now()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(receiver)) as client:
+        loop = DeliveryLoop(
+            pool,
+            WebhookNotifier("https://receiver.invalid/hook", secret, client),
+            backoff=Backoff(first_seconds=10, max_attempts=3),
+            clock=lambda: now[0],
+        )
+        assert await loop.deliver_due()
+        assert not await loop.deliver_due()  # backing off: not due yet
+        now[0] += timedelta(seconds=10)
+        assert await loop.deliver_due()
+        now[0] += timedelta(seconds=20)
+        assert await loop.deliver_due()
+    row = await pool.fetchrow("SELECT status, attempts, log FROM escalation_delivery")
+    assert (row["status"], row["attempts"]) == ("delivered", 3)
+    assert [entry["status"] for entry in row["log"]] == [503, 500, 200]
+    last = received[-1]
+    assert (
+        verify_webhook(
+            {"icc": secret},
+            source="icc",
+            timestamp=last.headers[TIMESTAMP_HEADER],
+            signature=last.headers[SIGNATURE_HEADER],
+            body=last.content,
+            max_skew_seconds=300,
+        )
+        == "icc"
+    )
+    assert orjson.loads(last.content)["event_type"] == "escalation.changed"
+
+    # a receiver that never answers well: dead-lettered after the last attempt, and left alone
+    async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500))) as client:
+        await evaluate(pool, engine, {WARD: 2}, T0 + timedelta(seconds=5))  # auto-resolved: a new change
+        loop = DeliveryLoop(
+            pool,
+            WebhookNotifier("https://receiver.invalid/hook", secret, client),
+            backoff=Backoff(first_seconds=1, max_attempts=2),
+            clock=lambda: now[0],
+        )
+        for _ in range(4):
+            now[0] += timedelta(hours=1)
+            await loop.deliver_due()
+    dead = await pool.fetchrow("SELECT status, attempts FROM escalation_delivery WHERE status <> 'delivered'")
+    assert (dead["status"], dead["attempts"]) == ("dead", 2)
+    assert loop.dead == 1

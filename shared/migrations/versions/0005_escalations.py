@@ -72,9 +72,34 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["escalation_id"], ["escalation.id"]),
     )
     op.create_index("ix_escalation_timeline_escalation", "escalation_timeline", ["escalation_id", "id"])
+    op.create_table(
+        "escalation_delivery",
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
+        sa.Column("event_id", sa.Uuid(), nullable=False),
+        sa.Column("notifier", sa.String(), nullable=False),
+        sa.Column("body", sa.LargeBinary(), nullable=False),
+        sa.Column("status", sa.String(), nullable=False, server_default="pending"),
+        sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("last_status", sa.Integer(), nullable=True),
+        sa.Column("last_error", sa.String(), nullable=True),
+        sa.Column("log", postgresql.JSONB(astext_type=sa.Text()), server_default="[]", nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("event_id", "notifier"),
+    )
+    op.create_index(
+        "ix_escalation_delivery_due",
+        "escalation_delivery",
+        ["notifier", "next_attempt_at"],
+        postgresql_where=sa.text("status = 'pending'"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_escalation_delivery_due", table_name="escalation_delivery")
+    op.drop_table("escalation_delivery")
     op.drop_index("ix_escalation_timeline_escalation", table_name="escalation_timeline")
     op.drop_table("escalation_timeline")
     op.drop_index("ix_escalation_promote_at", table_name="escalation")
