@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from services.command_centre.api import router
 from services.command_centre.escalation_api import router as escalation_router
 from services.command_centre.escalation_engine import EscalationEngine
-from services.command_centre.escalation_policy import load_rules
+from services.command_centre.escalation_policy import EscalationRulesError, load_rules
 from services.command_centre.notifiers import Backoff, DeliveryLoop, WebhookNotifier
 from services.command_centre.projection import StateProjection
 from services.command_centre.system_stage import SystemStage
@@ -50,7 +50,10 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     # so do invalid escalation rules, or a rule naming a metric that does not exist
     rules = load_rules(settings.escalation_rules)
     notifiers = ("webhook",) if settings.escalation_webhook_url else ()
-    engine = EscalationEngine(rules, runtime.org, notifiers=notifiers)
+    try:
+        engine = EscalationEngine(rules, runtime.org, notifiers=notifiers)
+    except EscalationRulesError as exc:
+        raise EscalationRulesError(f"{settings.escalation_rules}: {exc}") from exc
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
