@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,27 @@ async def test_full_ward_escalates_and_is_promoted_to_the_site(
         assert export.text.splitlines()[0] == "escalation_id,at,actor,action,tier,detail"
         assert len(export.text.splitlines()) == 5
 
-        # the same rule and ward: still one escalation
+        display = bearer(test_secrets, Role.wall_display, "site:RXN01")
+        assert (await client.post(f"{url}/resolve", headers=display)).status_code == 403
+        assigned = await client.post(f"{url}/assign", headers=manager, json={"owner": "bed-bureau"})
+        assert assigned.status_code == 200 and assigned.json()["owner"] == "bed-bureau"
+        until = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        snoozed = await client.post(f"{url}/snooze", headers=manager, json={"until": until})
+        assert snoozed.status_code == 200, snoozed.text
+        resolved = await client.post(f"{url}/resolve", headers=manager, json={"note": "beds opened"})
+        assert resolved.status_code == 200 and resolved.json()["status"] == "resolved"
+        assert (await client.post(f"{url}/acknowledge", headers=manager)).status_code == 409
+        await watcher.until(
+            lambda d: (
+                (d.get("escalation") or {}).get("id") == escalation["id"]
+                and d["escalation"]["status"] == "resolved"
+            )
+        )
+        # the same rule and ward (still full): never a second escalation
         assert [e["id"] for e in await escalations(client, stack, test_secrets)] == [escalation["id"]]
+        # the ward still sees what it escalated, read-only
+        mine = await client.get(f"{centre}/v1/escalations", params={"scope": f"ward:{WARD}"}, headers=nurse)
+        assert [e["id"] for e in mine.json()["escalations"]] == [escalation["id"]]
     await watcher.close()
 
 

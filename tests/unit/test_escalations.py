@@ -237,3 +237,21 @@ def test_who_may_act() -> None:
     assert may_act(Role.site_manager, Tier.site) and not may_act(Role.site_manager, Tier.system)
     assert not may_act(Role.wall_display, Tier.ward)
     assert may_act(Role.admin, Tier.system)
+
+
+def test_command_centre_refuses_to_start_with_bad_rules(tmp_path: Path, org: Organisation) -> None:
+    from services.command_centre.app import create_app
+    from shared.runtime import Runtime
+    from shared.secrets_store import generate
+    from shared.settings import Settings
+
+    raw = yaml.safe_load((ROOT / "deploy" / "escalation" / "default-rules.yaml").read_text())
+    raw["rules"][0]["all"][0]["metric"] = "beds_free"
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    settings = Settings(
+        ICC_ESCALATION_RULES=path, ICC_OPEL_PROFILE=ROOT / "deploy" / "opel" / "default-profile.yaml"
+    )
+    runtime = Runtime(settings, org, generate(), "postgresql://unused", "unused:9092")
+    with pytest.raises(EscalationRulesError, match=r"rules\.yaml: rules\.0\.all\.0\.metric: 'beds_free'"):
+        create_app(runtime)
