@@ -116,8 +116,9 @@ async def list_escalations(
     async with runtime.db.acquire() as conn:
         rows = await conn.fetch(
             f"SELECT {store.COLUMNS} FROM escalation WHERE status = ANY($1::text[]) "
-            "ORDER BY updated_at DESC LIMIT $2",
+            "AND site_id = ANY($2::text[]) ORDER BY updated_at DESC LIMIT $3",
             statuses,
+            _sites_of(user, runtime, wanted),
             limit * 5,
         )
     found = []
@@ -133,6 +134,19 @@ async def list_escalations(
         if len(found) >= limit:
             break
     return {"escalations": found}
+
+
+def _sites_of(user: Principal, runtime: Runtime, wanted: Scope | None) -> list[str]:
+    """The sites whose escalations the question can concern (the rest is filtered in Python)."""
+    sites: set[str] = set()
+    for scope in [wanted] if wanted is not None else list(user.scopes):
+        if scope.tier is Tier.system:
+            sites.update(s.id for s in runtime.org.sites)
+        elif scope.tier is Tier.site:
+            sites.add(scope.id)
+        elif scope.id in runtime.org.wards:
+            sites.add(runtime.org.wards[scope.id].site_id)
+    return sorted(sites)
 
 
 def _within(place: Scope, wanted: Scope, runtime: Runtime) -> bool:
