@@ -56,6 +56,14 @@ class Condition(BaseModel):
             raise ValueError(f"clear ({self.clear}) must be above value ({self.value}) for op '<='")
         return self
 
+    def raises_value(self, v: float | None) -> bool:
+        """Holds at this value; a missing value (no data yet) never holds."""
+        return v is not None and self.raises(v)
+
+    def clears_value(self, v: float | None) -> bool:
+        """Cleared at this value; a missing value clears nothing."""
+        return v is not None and self.clears(v)
+
     def raises(self, v: float) -> bool:
         return v >= self.value if self.op == ">=" else v <= self.value
 
@@ -204,7 +212,7 @@ class Evaluator:
         seen = {c.metric: _number(values.get(c.metric)) for c in rule.all}
         if track.active:
             # clears when any condition has crossed its clear threshold (a missing value clears nothing)
-            cleared = any(seen[c.metric] is not None and c.clears(seen[c.metric]) for c in rule.all)  # type: ignore[arg-type]
+            cleared = any(c.clears_value(seen[c.metric]) for c in rule.all)
             if not cleared:
                 return Decision(rule, scope, Verdict.holds, seen, self._flapping(rule, track, now))
             track.active = False
@@ -213,7 +221,7 @@ class Evaluator:
             flapping = self._flapping(rule, track, now)
             track.held_open = flapping
             return Decision(rule, scope, Verdict.clear, seen, flapping)
-        holds = all(seen[c.metric] is not None and c.raises(seen[c.metric]) for c in rule.all)  # type: ignore[arg-type]
+        holds = all(c.raises_value(seen[c.metric]) for c in rule.all)
         if not holds:
             track.holding_since = None
             if track.held_open and not self._flapping(rule, track, now):
