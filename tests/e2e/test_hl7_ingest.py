@@ -123,7 +123,11 @@ async def test_a20_changes_the_live_bed_state(
     assert msa(response.content)[1] == "AA"
 
     async def status() -> str | None:
-        return await db.fetchval("SELECT status FROM bed_state WHERE bed_id = 'RXN01-WD12-B3-4'")
+        # the bed table gave way to the published ward summaries (migration 0004_state)
+        return await db.fetchval(
+            "SELECT summary::jsonb -> 'beds' ->> 'RXN01-WD12-B3-4' FROM ward_state "
+            "WHERE ward_id = 'RXN01-WD12'"
+        )
 
     assert await eventually(status, timeout=60) == "closed"
 
