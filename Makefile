@@ -39,6 +39,9 @@ test: $(STAMP) lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python -m icc.bench
+	$(BIN)/python -m icc.bench_hl7
+	$(BIN)/python -m icc.bench_ingest_batch
+	$(BIN)/python -m icc.bench_state
 
 schemas: $(STAMP)
 	$(BIN)/icc schemas docs/schemas
