@@ -7,8 +7,7 @@ import random
 import signal
 import subprocess
 import sys
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import asyncpg
 import httpx
@@ -20,7 +19,7 @@ from shared.auth import Role
 from shared.organisation import Organisation
 from shared.secrets_store import Secrets
 from tests.conftest import eventually
-from tests.helpers import bed_event, post_signed, token
+from tests.helpers import post_signed, shuffled_bed_history, token
 
 pytestmark = pytest.mark.e2e
 
@@ -56,23 +55,8 @@ async def test_two_replicas_share_sites_and_survive_a_rebalance(
     second_url = f"http://{stack.settings.host}:{second_port}"
     start_replica(stack, second_port)
 
-    rng = random.Random(11)
     beds = [b.id for site in org.sites for b in site.wards[0].bed_list]
-    start = datetime.now(UTC) - timedelta(hours=2)
-    events = [
-        bed_event(
-            rng.choice(beds),
-            rng.choice(["occupied", "unoccupied", "closed", "housekeeping"]),
-            at=start + timedelta(seconds=rng.randrange(6000)),
-            event_id=uuid.uuid4(),
-        )
-        for _ in range(400)
-    ]
-    latest: dict[str, tuple[datetime, bytes, str]] = {}
-    for e in events:
-        key = (datetime.fromisoformat(e["occurred_at"]), uuid.UUID(e["event_id"]).bytes, e["status"])
-        if e["bed_id"] not in latest or key[:2] > latest[e["bed_id"]][:2]:
-            latest[e["bed_id"]] = key
+    events, latest = shuffled_bed_history(random.Random(11), beds, 400, timedelta(hours=2))
 
     async with httpx.AsyncClient(timeout=30) as client:
 
@@ -108,7 +92,7 @@ async def test_two_replicas_share_sites_and_survive_a_rebalance(
         await eventually(survivor_owns_everything, timeout=90)
 
     async def settled() -> bool:
-        for bed_id, (_, _, status) in latest.items():
+        for bed_id, status in latest.items():
             current = await db.fetchval(
                 "SELECT summary->'beds'->>$1 FROM ward_state WHERE ward_id = $2",
                 bed_id,
