@@ -236,6 +236,8 @@ class Environment:
             "ICC_COMMAND_CENTRE_PORT": free_port(),
             "ICC_GATEWAY_PORT": free_port(),
             "ICC_TOPIC_PARTITIONS": partitions,
+            # one source sends the whole load: the per-source rate limit would measure itself
+            "ICC_RATE_LIMIT_PER_SECOND": 0,
         }
         return Settings(**values)
 
