@@ -147,7 +147,7 @@ class LiveState:
         return True
 
     def update_escalation(self, escalation: dict[str, Any], *, publish: bool = True) -> bool:
-        """Keep an escalation's latest lifecycle state (by its version); fan it out to the scopes it concerns."""
+        """Keep an escalation's latest lifecycle state (by version); fan it out to the scopes it concerns."""
         escalation_id = str(escalation["escalation_id"])
         held = self.escalations.get(escalation_id)
         if held is not None and held.get("version", 0) >= escalation.get("version", 0):
@@ -250,7 +250,9 @@ class LiveState:
     def stragglers(self, now: float, drop_after: float) -> list[Subscriber]:
         """Subscribers that have been coalescing for longer than `drop_after` seconds."""
         everyone = {s for watchers in self.subscribers.values() for s in watchers}
-        return [s for s in everyone if s.coalescing_since is not None and now - s.coalescing_since > drop_after]
+        return [
+            s for s in everyone if s.coalescing_since is not None and now - s.coalescing_since > drop_after
+        ]
 
     # -- cursors ---------------------------------------------------------------------------------
 

@@ -107,7 +107,9 @@ async def stream(ws: WebSocket) -> None:
                     await ws.close(CLOSE_FORBIDDEN, f"scope {scope} not allowed for this token"[:120])
                     return
                 cursor = message.get("cursor")
-                subscriber.offer(live.subscribe(subscriber, scope, cursor if isinstance(cursor, str) else None))
+                subscriber.offer(
+                    live.subscribe(subscriber, scope, cursor if isinstance(cursor, str) else None)
+                )
             elif message["type"] == "unsubscribe":
                 live.unsubscribe(subscriber)
             elif message["type"] == "ping":

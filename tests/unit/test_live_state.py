@@ -59,7 +59,7 @@ async def test_resume_sends_exactly_what_changed_since_the_cursor(org: Organisat
 
 
 async def test_unusable_cursor_gets_a_fresh_snapshot(org: Organisation) -> None:
-    scope, wards = site_of(org)
+    scope, _ = site_of(org)
     live = LiveState(org)
     other_scope = Scope(Tier.site, org.sites[1].id)
     foreign = live.cursor(other_scope)
