@@ -14,6 +14,7 @@ import websockets
 
 from icc.embedded import free_port, wait_for_port
 from icc.stack import Stack
+from icc.watch import watch
 from shared.auth import Role
 from shared.secrets_store import Secrets
 from tests.conftest import eventually
@@ -169,3 +170,20 @@ async def test_a_client_that_never_reads_does_not_delay_the_others(
             assert delta["ward"]["ward_id"] == "RXN02-W1"
     await live.close()
     await stalled.close()
+
+
+async def test_icc_watch_prints_the_feed(stack: Stack, test_secrets: Secrets) -> None:
+    lines: list[str] = []
+    jwt = token(test_secrets, Role.wall_display, "site:RXN02")
+    watching = asyncio.create_task(watch(stack.url_of("gateway"), jwt, ["site:RXN02"], lines.append, limit=3))
+    async with httpx.AsyncClient() as client:
+        await eventually(lambda: _true_if(any(line.startswith("snapshot site:RXN02") for line in lines)))
+        await post_bed(client, stack, test_secrets, "RXN02-W2-B1-1", "occupied")
+    await asyncio.wait_for(watching, 30)
+    assert lines[0].startswith("ready")
+    assert lines[1].startswith("snapshot site:RXN02")
+    assert lines[2].startswith(("ward     site:RXN02", "summary  site:RXN02")), lines
+
+
+async def _true_if(value: bool) -> bool:
+    return value
