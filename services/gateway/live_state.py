@@ -51,13 +51,16 @@ class Subscriber:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     too_slow: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def offer(self, frame: str, key: str | None = None) -> None:
-        """Queue `frame`; `key` names the entity it carries, so a later frame may replace it."""
+    def offer(self, frame: str, key: str | None = None, *, droppable: bool = False) -> None:
+        """Queue `frame`; `key` names the entity it carries, so a later frame may replace it.
+
+        A `droppable` frame (a heartbeat) is left out when the queue is full; a snapshot never is.
+        """
         if self.coalescing_since is None and len(self.frames) < self.limit:
             self.frames.append(frame)
         elif key is None:
-            if len(self.frames) < self.limit:
-                self.frames.append(frame)  # heartbeats and markers are dropped when full
+            if not droppable or len(self.frames) < self.limit:
+                self.frames.append(frame)
         else:
             if self.coalescing_since is None:
                 self.coalescing_since = asyncio.get_running_loop().time()
@@ -238,14 +241,14 @@ class LiveState:
             self.subscribers[scope].discard(subscriber)
         subscriber.scopes.clear()
 
-    def broadcast(self, message: dict[str, Any]) -> None:
+    def broadcast(self, message: dict[str, Any], *, droppable: bool = False) -> None:
         frame = orjson.dumps(message).decode()
         everyone = {s for watchers in self.subscribers.values() for s in watchers}
         for subscriber in everyone:
-            subscriber.offer(frame)
+            subscriber.offer(frame, droppable=droppable)
 
     def heartbeat(self) -> None:
-        self.broadcast({"type": "heartbeat", "at": utcnow().isoformat()})
+        self.broadcast({"type": "heartbeat", "at": utcnow().isoformat()}, droppable=True)
 
     def stragglers(self, now: float, drop_after: float) -> list[Subscriber]:
         """Subscribers that have been coalescing for longer than `drop_after` seconds."""

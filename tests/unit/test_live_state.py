@@ -102,3 +102,18 @@ async def test_escalations_reach_the_scopes_they_concern(org: Organisation) -> N
     frames = drain(watcher)
     assert frames[-1]["escalation"]["escalation_id"] == "e1"
     assert orjson.loads(live.snapshot(scope))["escalations"] == [escalation]
+
+
+async def test_a_snapshot_is_never_dropped_from_a_full_queue(org: Organisation) -> None:
+    scope, wards = site_of(org)
+    live = LiveState(org)
+    slow = Subscriber(limit=2)
+    slow.offer(live.subscribe(slow, scope))
+    for version in range(1, 5):
+        live.update(ward(wards[0], version))
+    live.heartbeat()
+    other = Scope(Tier.ward, wards[1])
+    slow.offer(live.subscribe(slow, other))
+    kinds = [(f["type"], f["scope"] if "scope" in f else None) for f in drain(slow)]
+    assert ("snapshot", str(other)) in kinds
+    assert ("heartbeat", None) not in kinds
