@@ -33,18 +33,16 @@ import websockets
 from icc.bench import (
     LATENCY_SITE,
     Config,
+    Sent,
     SiteBedPlan,
-    Watcher,
-    connect_watchers,
     environment,
-    latency_round,
     percentile,
+    post_change,
     progress,
+    run,
     running_broker,
     running_stack,
     send_steadily,
-    wait_for_deltas,
-    warm_up,
 )
 from icc.embedded import free_port, wait_for_port
 from icc.stack import _die_with_parent
@@ -102,13 +100,17 @@ def bare_process() -> Iterator[int]:
 class BareClient:
     def __init__(self, ws: websockets.ClientConnection) -> None:
         self.ws = ws
-        self.arrivals: dict[int, float] = {}
+        self.frames: list[tuple[float, bytes | str]] = []
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
             async for frame in self.ws:
-                self.arrivals[orjson.loads(frame)["seq"]] = time.perf_counter()
+                self.frames.append((time.perf_counter(), frame))
+
+    @property
+    def arrivals(self) -> dict[int, float]:
+        return {orjson.loads(frame)["seq"]: at for at, frame in self.frames}
 
 
 async def baseline_round(port: int, clients: int, template: dict[str, object], cfg: Config) -> Row:
@@ -129,9 +131,10 @@ async def baseline_round(port: int, clients: int, template: dict[str, object], c
             await publisher.send(frame)
         deadline = time.perf_counter() + 15
         # a bounded wait for stragglers after the round, as bench.wait_until does
-        while time.perf_counter() < deadline and any(len(s.arrivals) < len(sent) for s in subscribers):  # noqa: ASYNC110
+        while time.perf_counter() < deadline and any(len(s.frames) < len(sent) for s in subscribers):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-    samples = [(s.arrivals[i] - t) * 1000 for s in subscribers for i, t in sent.items() if i in s.arrivals]
+    arrivals = [s.arrivals for s in subscribers]
+    samples = [(a[i] - t) * 1000 for a in arrivals for i, t in sent.items() if i in a]
     lost = len(sent) * clients - len(samples)
     for s in subscribers:
         await s.ws.close()
@@ -146,8 +149,6 @@ async def sample_frame(
     gateway_url: str, token: str, url: str, secret: str, plan: SiteBedPlan
 ) -> dict[str, object]:
     """One ward delta as the gateway sends it, for the baseline to send the same size of frame."""
-    from icc.bench import post_change
-
     async with websockets.connect(gateway_url.replace("http", "ws", 1) + "/v1/stream") as ws:
         await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
         await ws.send(orjson.dumps({"type": "subscribe", "scope": f"site:{LATENCY_SITE}"}).decode())
@@ -160,20 +161,87 @@ async def sample_frame(
                     return message
 
 
+class LightWatcher:
+    """A stream client that only timestamps frames while measuring and decodes them afterwards,
+    so the load generator's own decoding does not stand in the way of what is measured."""
+
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+        self.frames: list[tuple[float, bytes | str]] = []
+        self.reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(cls, gateway_url: str, token: str) -> LightWatcher:
+        ws = await websockets.connect(gateway_url.replace("http", "ws", 1) + "/v1/stream", open_timeout=120)
+        await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
+        await ws.send(orjson.dumps({"type": "subscribe", "scope": f"site:{LATENCY_SITE}"}).decode())
+        async with asyncio.timeout(120):
+            while orjson.loads(await ws.recv())["type"] != "snapshot":
+                pass
+        return cls(ws)
+
+    async def _read(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for frame in self.ws:
+                self.frames.append((time.perf_counter(), frame))
+
+    def arrivals(self, sent: list[Sent]) -> list[float | None]:
+        seen: list[tuple[float, str, dict[str, str]]] = []
+        for arrived, frame in self.frames:
+            message = orjson.loads(frame)
+            ward = message.get("ward")
+            if isinstance(ward, dict):
+                seen.append((arrived, ward["ward_id"], ward["beds"]))
+        out: list[float | None] = []
+        for s in sent:
+            hit = next(
+                (
+                    a
+                    for a, w, beds in seen
+                    if w == s.ward_id and a >= s.sent_at and beds.get(s.bed_id) == s.status
+                ),
+                None,
+            )
+            out.append(None if hit is None else (hit - s.accepted_at) * 1000)
+        return out
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self.reader.cancel()
+
+
+async def quiet(watchers: list[LightWatcher], seconds: float = 1.0, timeout: float = 15.0) -> None:
+    """Wait until no client has received anything for `seconds` (or `timeout`)."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        last = max((w.frames[-1][0] for w in watchers if w.frames), default=0.0)
+        if time.perf_counter() - last > seconds:
+            return
+        await asyncio.sleep(0.25)
+
+
 async def icc_round(
     gateway_url: str, ingest_url: str, secret: str, token: str, plan: SiteBedPlan, clients: int, cfg: Config
 ) -> Row:
-    watchers: list[Watcher] = await connect_watchers(gateway_url, token, clients)
+    outcomes = await asyncio.gather(
+        *(LightWatcher.connect(gateway_url, token) for _ in range(clients)), return_exceptions=True
+    )
+    watchers = [o for o in outcomes if isinstance(o, LightWatcher)]
     try:
         async with httpx.AsyncClient(timeout=30) as client:
-            await warm_up(client, ingest_url, secret, plan, watchers)
+            await post_change(client, ingest_url, secret, *plan.next())  # the feed is live
+            await quiet(watchers)
+            for w in watchers:
+                w.frames.clear()
             sent = await send_steadily(client, ingest_url, secret, plan, cfg)
-            await wait_for_deltas(watchers, sent, timeout=15)
-            held = sum(1 for w in watchers if w.closed is None)
-            measured = latency_round(watchers, sent)
+            await quiet(watchers)
+        held = sum(1 for w in watchers if not w.reader.done())
+        samples = [a for w in watchers for a in w.arrivals(sent)]
     finally:
         await asyncio.gather(*(w.close() for w in watchers), return_exceptions=True)
-    return Row(clients, held, measured.p50_ms, measured.p99_ms, measured.lost)
+    got = [a for a in samples if a is not None]
+    lost = len(samples) - len(got) + (clients - len(watchers)) * len(sent)
+    return Row(clients, held, percentile(got, 50), percentile(got, 99), lost)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.bare_server:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(bare_server(args.bare_server))
+            run(bare_server(args.bare_server))
         return 0
     counts = [int(c) for c in args.clients.split(",")]
     cfg = replace(Config(), latency_rate=args.rate, latency_seconds=args.seconds)
@@ -207,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             plan = SiteBedPlan(env.org, LATENCY_SITE)
             ingest_url = stack.url_of("ingest") + WEBHOOK_PATH
-            template = asyncio.run(sample_frame(stack.url_of("gateway"), token, ingest_url, secret, plan))
+            template = run(sample_frame(stack.url_of("gateway"), token, ingest_url, secret, plan))
             for clients in counts:
                 row = asyncio.run(
                     icc_round(stack.url_of("gateway"), ingest_url, secret, token, plan, clients, cfg)
@@ -218,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 icc_rows.append(row)
         with bare_process() as port:
             for clients in counts:
-                row = asyncio.run(baseline_round(port, clients, template, cfg))
+                row = run(baseline_round(port, clients, template, cfg))
                 progress(
                     f"bare {clients} clients: p50 {row.p50_ms:.1f} ms p99 {row.p99_ms:.1f} ms lost {row.lost}"
                 )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 from collections import OrderedDict, defaultdict, deque
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 QUEUE_LIMIT = 1000
 CLOSE_TOO_SLOW = 4408
 CURSOR_PREFIX = "c1"
+CLOSED_ESCALATION = frozenset({"resolved", "closed", "cancelled"})
 
 
 @dataclass(eq=False)
@@ -150,8 +152,12 @@ class LiveState:
         return True
 
     def update_escalation(self, escalation: dict[str, Any], *, publish: bool = True) -> bool:
-        """Keep an escalation's latest lifecycle state (by version); fan it out to the scopes it concerns."""
-        escalation_id = str(escalation["escalation_id"])
+        """Keep an escalation's latest lifecycle state (by version); fan it out to the scopes it concerns.
+
+        Closed ones are kept too (snapshots leave them out), so a resume tells a client that an
+        escalation it showed has been resolved meanwhile.
+        """
+        escalation_id = str(escalation.get("id", escalation.get("escalation_id")))
         held = self.escalations.get(escalation_id)
         if held is not None and held.get("version", 0) >= escalation.get("version", 0):
             return False
@@ -163,13 +169,21 @@ class LiveState:
         return True
 
     def _escalation_scopes(self, escalation: dict[str, Any]) -> list[Scope]:
+        """The escalation's own scope and every scope above it."""
         scopes = [Scope(Tier.system, self.org.system.id)]
-        site_id = escalation.get("site_id")
+        site_id, ward_id = escalation.get("site_id"), escalation.get("ward_id")
+        with contextlib.suppress(ValueError):
+            own = Scope.parse(str(escalation.get("scope", "")))
+            if own.tier is Tier.ward:
+                ward_id = own.id
+            elif own.tier is Tier.site:
+                site_id = own.id
+        ward = self.org.wards.get(str(ward_id))
+        if ward is not None:
+            site_id = ward.site_id
+            scopes.append(Scope(Tier.ward, ward.id))
         if site_id in self.org.sites_by_id:
-            scopes.append(Scope(Tier.site, site_id))
-        ward_id = escalation.get("ward_id")
-        if ward_id in self.org.wards:
-            scopes.append(Scope(Tier.ward, ward_id))
+            scopes.append(Scope(Tier.site, str(site_id)))
         return scopes
 
     # -- fan-out ---------------------------------------------------------------------------------
@@ -312,7 +326,9 @@ class LiveState:
         return [i for i, e in self.escalations.items() if scope in self._escalation_scopes(e)]
 
     def _escalations_in(self, scope: Scope) -> list[dict[str, Any]]:
-        return [self.escalations[i] for i in self._escalation_ids_in(scope)]
+        """The open ones (a snapshot needs no history)."""
+        held = (self.escalations[i] for i in self._escalation_ids_in(scope))
+        return [e for e in held if e.get("status") not in CLOSED_ESCALATION]
 
     def summary_keys(self, scope: Scope) -> list[str]:
         if scope.tier is Tier.ward:

@@ -84,8 +84,8 @@ class StateFeed:
                 self.live.update(payload)
             elif payload.get("event_type") == "scope.state_changed":
                 self.live.update_summary(payload)
-            elif "escalation_id" in payload:
-                self.live.update_escalation(payload)
+            elif payload.get("event_type") == "escalation.changed":
+                self.live.update_escalation(payload["escalation"])
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             self.undecodable += 1
             log.warning("undecodable state record skipped: %s", exc)

@@ -96,12 +96,20 @@ async def test_escalations_reach_the_scopes_they_concern(org: Organisation) -> N
     live = LiveState(org)
     watcher = Subscriber()
     live.subscribe(watcher, scope)
-    escalation = {"escalation_id": "e1", "version": 1, "site_id": scope.id, "ward_id": wards[0]}
+    escalation = {"id": "e1", "version": 1, "scope": f"ward:{wards[0]}", "status": "open", "tier": "ward"}
     assert live.update_escalation(escalation)
     assert not live.update_escalation(escalation)
     frames = drain(watcher)
-    assert frames[-1]["escalation"]["escalation_id"] == "e1"
+    assert frames[-1]["escalation"]["id"] == "e1"
     assert orjson.loads(live.snapshot(scope))["escalations"] == [escalation]
+    cursor = frames[-1]["cursor"]
+    resolved = {**escalation, "version": 2, "status": "resolved"}
+    live.update_escalation(resolved)
+    assert orjson.loads(live.snapshot(scope))["escalations"] == []
+    resumed = orjson.loads(live.subscribe(Subscriber(), scope, cursor))
+    assert resumed["escalations"] == [resolved], "a resume says what was resolved meanwhile"
+    other_site = Scope(Tier.site, org.sites[1].id)
+    assert orjson.loads(live.snapshot(other_site))["escalations"] == []
 
 
 async def test_a_snapshot_is_never_dropped_from_a_full_queue(org: Organisation) -> None:
