@@ -213,6 +213,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             host, port = stack.mllp_address
             print(f"  {'HL7 over MLLP':<15} tcp://{host}:{port} (source per ICC_MLLP_SOURCES)")
         print(f"\nWall display:  {stack.url_of('gateway')}/#token={token}")
+        print(f"Tablet view:   {stack.url_of('gateway')}/tablet (a site_manager token; see below)")
+        print("Live feed in a terminal: `icc watch --site RXN01`.")
         print(f"Dev credentials (JWT key, webhook secrets): {settings.resolved_secrets_file.resolve()}")
         print("Mint more tokens with `icc token --role site_manager --scope site:RXN01`.")
         print("Ctrl-C stops everything.")
