@@ -82,14 +82,21 @@ class StreamClient:
         self.ws = ws
 
     @classmethod
-    async def connect(cls, gateway_url: str, jwt: str, scope: str) -> StreamClient:
+    async def connect(cls, gateway_url: str, jwt: str, scope: str, cursor: str | None = None) -> StreamClient:
         ws = await websockets.connect(gateway_url.replace("http", "ws", 1) + "/v1/stream")
         client = cls(ws)
         await ws.send(orjson.dumps({"type": "auth", "token": jwt}).decode())
         ready = await client.next("ready")
         assert scope in ready["scopes"] or ready["scopes"], ready
-        await ws.send(orjson.dumps({"type": "subscribe", "scope": scope}).decode())
+        subscribe: dict[str, Any] = {"type": "subscribe", "scope": scope}
+        if cursor is not None:
+            subscribe["cursor"] = cursor
+        await ws.send(orjson.dumps(subscribe).decode())
         return client
+
+    async def ping(self) -> None:
+        """Tell the gateway the client is alive (it closes idle connections with 4410)."""
+        await self.ws.send(orjson.dumps({"type": "ping"}).decode())
 
     async def next(self, *types: str, timeout: float = 30.0) -> dict[str, Any]:
         """The next message of one of `types`, skipping heartbeats."""

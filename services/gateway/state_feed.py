@@ -1,4 +1,5 @@
-"""Keeps the gateway's live state current: a seed from PostgreSQL, then the state topic read whole.
+"""Keeps the gateway's live state current: a seed from PostgreSQL, then the state and escalation
+topics read whole.
 
 No consumer group: every replica reads every partition (broadcast). A broker that lost its log is
 noticed by its incarnation marker and read again from the start; versions make re-reads harmless.
@@ -49,8 +50,11 @@ class StateFeed:
         try:
             await consumer.start()
             await consumer.topics()  # fetches fresh metadata
-            parts = consumer.partitions_for_topic(topics.STATE.name) or set()
-            assigned = [TopicPartition(topics.STATE.name, p) for p in sorted(parts)]
+            assigned = [
+                TopicPartition(topic.name, p)
+                for topic in (topics.STATE, topics.ESCALATIONS)
+                for p in sorted(consumer.partitions_for_topic(topic.name) or set())
+            ]
             consumer.assign(assigned)
             await consumer.seek_to_beginning(*assigned)
             self.running = True
@@ -80,6 +84,8 @@ class StateFeed:
                 self.live.update(payload)
             elif payload.get("event_type") == "scope.state_changed":
                 self.live.update_summary(payload)
+            elif payload.get("event_type") == "escalation.changed":
+                self.live.update_escalation(payload["escalation"])
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             self.undecodable += 1
             log.warning("undecodable state record skipped: %s", exc)
