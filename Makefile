@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit integration e2e bench lock schemas clean
+.PHONY: run test lint typecheck unit integration e2e browser browser-test bench bench-stream screenshots lock schemas clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,11 +34,28 @@ integration: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/pytest -m e2e -q
 
-test: $(STAMP) lint typecheck
+# The browser tests drive Debian's Chromium; CI (root, Debian) gets it from apt when missing.
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
+
+browser-test: $(STAMP) browser
+	$(BIN)/pytest -m browser -q
+
+screenshots: $(STAMP) browser
+	ICC_SCREENSHOT_DIR=docs/screenshots $(BIN)/pytest -m browser -q
+
+test: $(STAMP) lint typecheck browser
 	$(BIN)/pytest -q -ra
 
 bench: $(STAMP)
 	$(BIN)/python -m icc.bench
+	$(BIN)/python -m icc.bench_hl7
+	$(BIN)/python -m icc.bench_ingest_batch
+	$(BIN)/python -m icc.bench_state
+	$(BIN)/python -m icc.bench_stream
+
+bench-stream: $(STAMP)
+	$(BIN)/python -m icc.bench_stream
 
 schemas: $(STAMP)
 	$(BIN)/icc schemas docs/schemas

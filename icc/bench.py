@@ -46,8 +46,8 @@ import websockets
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from fastapi import FastAPI, Response
 
-from icc.embedded import Broker, free_port, start_postgres, stop_postgres
-from icc.stack import Stack, _die_with_parent
+from icc.embedded import Broker, die_with_parent, free_port, start_postgres, stop_postgres
+from icc.stack import Stack
 from services.command_centre.projection import StateProjection
 from services.ingest.bed_events import BedEventIn, to_event
 from shared import topics
@@ -236,6 +236,8 @@ class Environment:
             "ICC_COMMAND_CENTRE_PORT": free_port(),
             "ICC_GATEWAY_PORT": free_port(),
             "ICC_TOPIC_PARTITIONS": partitions,
+            # one source sends the whole load: the per-source rate limit would measure itself
+            "ICC_RATE_LIMIT_PER_SECOND": 0,
         }
         return Settings(**values)
 
@@ -352,7 +354,7 @@ def _start_bare(log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
             stdout=logfile,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     return process, port
 

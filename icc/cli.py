@@ -76,6 +76,33 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    from icc.watch import watch
+    from shared.auth import Role, mint_token
+    from shared.secrets_store import load
+
+    scopes = list(args.scope or [])
+    scopes += [f"site:{s}" for s in args.site or []]
+    if not scopes:
+        scopes = [f"system:{_system_id(settings)}"]
+    token = args.token
+    if not token:
+        secrets = load(settings.resolved_secrets_file)
+        token = mint_token(
+            secrets.jwt_secret,
+            subject="icc-watch",
+            role=Role.wall_display,
+            scopes=scopes,
+            ttl_seconds=12 * 3600,
+        )
+    url = args.url or f"http://{settings.host}:{settings.gateway_port}"
+    try:
+        asyncio.run(watch(url, token, scopes, heartbeats=args.heartbeats))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _is_hl7(body: bytes) -> bool:
     return body.lstrip(b"\xef\xbb\xbf \t\r\n")[:3] in (b"MSH", b"BHS", b"FHS")
 
@@ -186,6 +213,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             host, port = stack.mllp_address
             print(f"  {'HL7 over MLLP':<15} tcp://{host}:{port} (source per ICC_MLLP_SOURCES)")
         print(f"\nWall display:  {stack.url_of('gateway')}/#token={token}")
+        print(f"Tablet view:   {stack.url_of('gateway')}/tablet (a site_manager token; see below)")
+        print("Live feed in a terminal: `icc watch --site RXN01`.")
         print(f"Dev credentials (JWT key, webhook secrets): {settings.resolved_secrets_file.resolve()}")
         print("Mint more tokens with `icc token --role site_manager --scope site:RXN01`.")
         print("Ctrl-C stops everything.")
@@ -254,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("--secret", default="", help="webhook secret (default: the dev secret of --source)")
     send.set_defaults(func=cmd_send)
+
+    watch = sub.add_parser("watch", help="print the live stream of a site, ward or system in the terminal")
+    watch.add_argument("--site", action="append", help="site id (repeatable)")
+    watch.add_argument("--scope", action="append", help="system:ID, site:ID or ward:ID (repeatable)")
+    watch.add_argument("--token", default="", help="a JWT (default: one minted from the dev secrets)")
+    watch.add_argument("--url", default="", help="gateway base URL (default: the local gateway)")
+    watch.add_argument("--heartbeats", action="store_true", help="print heartbeats too")
+    watch.set_defaults(func=cmd_watch)
 
     mig = sub.add_parser("migrate", help="apply database migrations to DATABASE_URL")
     mig.set_defaults(func=cmd_migrate)

@@ -6,7 +6,6 @@ Used by `icc up` and by the end-to-end tests, so the tests start the stack the w
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import signal
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from icc.embedded import Broker, start_postgres, stop_postgres, wait_for_port
+from icc.embedded import Broker, die_with_parent, start_postgres, stop_postgres, wait_for_port
 from shared.db import migrate
 from shared.kafka import ensure_topics
 from shared.settings import Settings
@@ -27,15 +26,6 @@ log = logging.getLogger(__name__)
 
 SERVICES = ("ingest", "command-centre", "gateway")
 DEFAULT_MLLP_PORT = 2575  # the port IANA registered for HL7 over MLLP
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Child processes get SIGTERM when the `icc` process that started them dies, even by SIGKILL."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 @dataclass
@@ -113,7 +103,7 @@ class Stack:
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         self.processes[name] = process
         return process

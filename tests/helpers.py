@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -30,6 +31,28 @@ def bed_event(
     if event_id is not None:
         body["event_id"] = str(event_id)
     return body
+
+
+def shuffled_bed_history(
+    rng: random.Random, beds: list[str], count: int, span: timedelta
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """`count` bed events at random times within `span` before now, and each bed's status by event time."""
+    start = datetime.now(UTC) - span
+    events = [
+        bed_event(
+            rng.choice(beds),
+            rng.choice(["occupied", "unoccupied", "closed", "housekeeping"]),
+            at=start + timedelta(seconds=rng.randrange(int(span.total_seconds()))),
+            event_id=uuid.uuid4(),
+        )
+        for _ in range(count)
+    ]
+    latest: dict[str, tuple[tuple[datetime, bytes], str]] = {}
+    for e in events:
+        key = (datetime.fromisoformat(e["occurred_at"]), uuid.UUID(e["event_id"]).bytes)
+        if e["bed_id"] not in latest or key > latest[e["bed_id"]][0]:
+            latest[e["bed_id"]] = (key, e["status"])
+    return events, {bed: status for bed, (_, status) in latest.items()}
 
 
 async def post_signed(
@@ -59,14 +82,21 @@ class StreamClient:
         self.ws = ws
 
     @classmethod
-    async def connect(cls, gateway_url: str, jwt: str, scope: str) -> StreamClient:
+    async def connect(cls, gateway_url: str, jwt: str, scope: str, cursor: str | None = None) -> StreamClient:
         ws = await websockets.connect(gateway_url.replace("http", "ws", 1) + "/v1/stream")
         client = cls(ws)
         await ws.send(orjson.dumps({"type": "auth", "token": jwt}).decode())
         ready = await client.next("ready")
         assert scope in ready["scopes"] or ready["scopes"], ready
-        await ws.send(orjson.dumps({"type": "subscribe", "scope": scope}).decode())
+        subscribe: dict[str, Any] = {"type": "subscribe", "scope": scope}
+        if cursor is not None:
+            subscribe["cursor"] = cursor
+        await ws.send(orjson.dumps(subscribe).decode())
         return client
+
+    async def ping(self) -> None:
+        """Tell the gateway the client is alive (it closes idle connections with 4410)."""
+        await self.ws.send(orjson.dumps({"type": "ping"}).decode())
 
     async def next(self, *types: str, timeout: float = 30.0) -> dict[str, Any]:
         """The next message of one of `types`, skipping heartbeats."""

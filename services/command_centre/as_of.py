@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from services.command_centre.metrics import site_metrics, ward_metrics
+from services.command_centre.metrics import all_ward_metrics, site_metrics
 from services.command_centre.site_state import SiteState
 from shared.events import Envelope
 from shared.opel import DeclaredLevel, OpelProfile, effective_level, score_site
@@ -43,7 +43,7 @@ async def site_view_as_of(
     basis: Basis,
 ) -> dict[str, Any]:
     state = await rebuild_site(conn, org, site_id, at, basis)
-    wards = {w.id: ward_metrics(state, w, at) for w in state.site.wards}
+    wards = all_ward_metrics(state, at)
     metrics = site_metrics(state, at, wards.values())
     computed = score_site(profile, metrics.opel_inputs())
     declared_row = await conn.fetchrow(

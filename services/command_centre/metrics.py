@@ -114,6 +114,56 @@ def _minutes(delta: timedelta) -> float:
 
 
 def ward_metrics(state: SiteState, ward: Ward, now: datetime) -> WardMetrics:
+    return all_ward_metrics(state, now, [ward])[ward.id]
+
+
+_FLOWS = "patients outliers admissions discharges moved_in moved_out pending expected on_leave".split()
+
+
+def all_ward_metrics(
+    state: SiteState, now: datetime, wards: Iterable[Ward] | None = None
+) -> dict[str, WardMetrics]:
+    """Every ward's figures in one pass over the site's encounters (not one pass per ward)."""
+    chosen = list(wards) if wards is not None else list(state.site.wards)
+    by_id = {w.id: w for w in chosen}
+    flows = {w.id: dict.fromkeys(_FLOWS, 0) for w in chosen}
+    today = local_date(now)
+    midnight = midnight_before(now)
+
+    def add(ward_id: str | None, name: str) -> None:
+        if ward_id in flows:
+            flows[ward_id][name] += 1
+
+    for encounter in state.encounters.values():
+        state_name, ward_id = encounter.state, encounter.ward_id
+        if state_name == "preadmitted":
+            add(encounter.pending_ward, "pending")
+        elif state_name == "active" and ward_id in flows:
+            add(ward_id, "patients")
+            specialty = encounter.specialty.value if encounter.specialty else None
+            if specialty and specialty.lower() != by_id[ward_id].specialty.lower():
+                add(ward_id, "outliers")
+            if encounter.expected_discharge and encounter.expected_discharge.value == today:
+                add(ward_id, "expected")
+            if encounter.on_leave and encounter.on_leave.value:
+                add(ward_id, "on_leave")
+        elif state_name == "discharged" and midnight <= encounter.status.stamp[0] <= now:
+            add(ward_id, "discharges")
+        if state_name != "cancelled":
+            for at, admitted_to in encounter.admitted.values():
+                if midnight <= at <= now:
+                    add(admitted_to, "admissions")
+        if encounter.transfers:
+            for at, from_ward, to_ward in _effective_transfers(
+                encounter.transfers, encounter.transfer_cancels
+            ):
+                if midnight <= at <= now:
+                    add(to_ward, "moved_in")
+                    add(from_ward, "moved_out")
+    return {w.id: _ward_figures(state, w, flows[w.id]) for w in chosen}
+
+
+def _ward_figures(state: SiteState, ward: Ward, flow: dict[str, int]) -> WardMetrics:
     counts = {status.value: 0 for status in BedStatus}
     core_open = escalation_open = ncr = 0
     for bed in ward.bed_list:
@@ -126,34 +176,6 @@ def ward_metrics(state: SiteState, ward: Ward, now: datetime) -> WardMetrics:
                 core_open += 1
         if status is BedStatus.occupied and state.has_ncr(bed.id):
             ncr += 1
-    today = local_date(now)
-    midnight = midnight_before(now)
-    patients = outliers = admissions = discharges = moved_in = moved_out = pending = expected = on_leave = 0
-    for encounter in state.encounters.values():
-        state_name, ward_id = encounter.state, encounter.ward_id
-        changed_at = encounter.status.stamp[0]
-        if state_name == "preadmitted":
-            pending += encounter.pending_ward == ward.id
-        elif ward_id == ward.id:
-            if state_name == "active":
-                patients += 1
-                specialty = encounter.specialty.value if encounter.specialty else None
-                if specialty and specialty.lower() != ward.specialty.lower():
-                    outliers += 1
-                if encounter.expected_discharge and encounter.expected_discharge.value == today:
-                    expected += 1
-                if encounter.on_leave and encounter.on_leave.value:
-                    on_leave += 1
-            elif state_name == "discharged" and midnight <= changed_at <= now:
-                discharges += 1
-        if state_name != "cancelled":
-            admissions += sum(
-                1 for at, w in encounter.admitted.values() if w == ward.id and midnight <= at <= now
-            )
-        for at, from_ward, to_ward in _effective_transfers(encounter.transfers, encounter.transfer_cancels):
-            if midnight <= at <= now:
-                moved_in += to_ward == ward.id
-                moved_out += from_ward == ward.id
     return WardMetrics(
         ward_id=ward.id,
         beds_total=len(ward.bed_list),
@@ -161,16 +183,16 @@ def ward_metrics(state: SiteState, ward: Ward, now: datetime) -> WardMetrics:
         available=counts[BedStatus.unoccupied.value],
         core_beds_open=core_open,
         escalation_beds_open=escalation_open,
-        patients=patients,
-        admissions_today=admissions,
-        discharges_today=discharges,
-        transfers_in_today=moved_in,
-        transfers_out_today=moved_out,
-        outliers=outliers,
+        patients=flow["patients"],
+        admissions_today=flow["admissions"],
+        discharges_today=flow["discharges"],
+        transfers_in_today=flow["moved_in"],
+        transfers_out_today=flow["moved_out"],
+        outliers=flow["outliers"],
         ncr_patients=ncr,
-        pending_admissions=pending,
-        expected_discharges_today=expected,
-        on_leave=on_leave,
+        pending_admissions=flow["pending"],
+        expected_discharges_today=flow["expected"],
+        on_leave=flow["on_leave"],
     )
 
 
@@ -188,7 +210,7 @@ def _effective_transfers(
 
 
 def site_metrics(state: SiteState, now: datetime, wards: Iterable[WardMetrics] | None = None) -> SiteMetrics:
-    ward_list = list(wards) if wards is not None else [ward_metrics(state, w, now) for w in state.site.wards]
+    ward_list = list(wards) if wards is not None else list(all_ward_metrics(state, now).values())
     by_id = {w.id: w for w in state.site.wards}
     values: dict[str, object] = {"as_of": now}
     totals = dict.fromkeys(("total", "open", "occupied", "available", "closed", "escalation", "ncr"), 0)

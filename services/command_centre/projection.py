@@ -23,7 +23,7 @@ from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from services.command_centre.escalation_engine import EscalationEngine
-from services.command_centre.metrics import SiteMetrics, site_metrics, ward_metrics
+from services.command_centre.metrics import SiteMetrics, all_ward_metrics, site_metrics
 from services.command_centre.site_state import SiteState
 from shared import topics
 from shared.consumer import Delivery
@@ -221,7 +221,7 @@ class StateProjection:
     ) -> None:
         state = live.state
         site = state.site
-        all_wards = {w.id: ward_metrics(state, w, now) for w in site.wards}
+        all_wards = all_ward_metrics(state, now)
         outbox: list[OutboxEvent] = []
         ward_rows = []
         for ward in site.wards:

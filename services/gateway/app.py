@@ -19,13 +19,17 @@ from shared.runtime import CurrentRuntime, Runtime, load_runtime, readiness
 
 STATIC = Path(__file__).parent / "static"
 HEARTBEAT_SECONDS = 10.0
+DROP_AFTER_SECONDS = 30.0  # a client still behind after this long is closed with 4408
 
 
 async def _heartbeats(live: LiveState, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
         live.heartbeat()
+        for subscriber in live.stragglers(loop.time(), DROP_AFTER_SECONDS):
+            subscriber.too_slow.set()
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
@@ -57,6 +61,10 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def wall_display() -> FileResponse:
         return FileResponse(STATIC / "wall.html", media_type="text/html")
+
+    @app.get("/tablet", include_in_schema=False)
+    async def tablet_view() -> FileResponse:
+        return FileResponse(STATIC / "tablet.html", media_type="text/html")
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

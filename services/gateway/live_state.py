@@ -1,15 +1,24 @@
 """The gateway's copy of live state and its fan-out to subscribers.
 
-Every replica holds the latest summary of every ward (seeded from PostgreSQL, then kept current
-from the state topic read whole). A subscription is a scope; each scope numbers its messages, and
-one frame is encoded per scope and change, however many clients watch it.
+Every replica holds the latest summary of every ward, site, system and escalation (seeded from
+PostgreSQL, then kept current from the state and escalation topics read whole). A subscription is a
+scope; one frame is encoded per scope and change, however many clients watch it.
+
+Resume rests on durable data, not on a counter of this process: every entity carries the version
+the command centre gave it, and a scope's *cursor* is the versions of the entities it covers. Any
+replica, before or after a restart, can compare a client's cursor with what it holds and send
+exactly the entities that changed since. `seq` only numbers a connection's messages of a scope so a
+client can notice a gap; it is not meant to survive the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,21 +32,70 @@ log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 1000
 CLOSE_TOO_SLOW = 4408
+CURSOR_PREFIX = "c1"
+CLOSED_ESCALATION = frozenset({"resolved", "closed", "cancelled"})
 
 
 @dataclass(eq=False)
 class Subscriber:
-    """One WebSocket connection's outgoing queue; the connection's sender task drains it."""
+    """One connection's outgoing frames; the connection's sender task drains them.
 
-    queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+    Up to QUEUE_LIMIT frames wait in order. Past that the subscriber *coalesces*: it keeps only the
+    latest frame per entity (a newer state makes an older one worthless) and tells the client with
+    a `resync` marker that `seq` will jump. A client that stays coalescing too long is dropped.
+    """
+
+    limit: int = QUEUE_LIMIT
+    frames: deque[str] = field(default_factory=deque)
+    coalesced: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    coalescing_since: float | None = None
     scopes: set[Scope] = field(default_factory=set)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
     too_slow: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def offer(self, frame: str) -> None:
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
-            self.too_slow.set()
+    def offer(self, frame: str, key: str | None = None, *, droppable: bool = False) -> None:
+        """Queue `frame`; `key` names the entity it carries, so a later frame may replace it.
+
+        A `droppable` frame (a heartbeat) is left out when the queue is full; a snapshot never is.
+        """
+        if self.coalescing_since is None and len(self.frames) < self.limit:
+            self.frames.append(frame)
+        elif key is None:
+            if not droppable or len(self.frames) < self.limit:
+                self.frames.append(frame)
+        else:
+            if self.coalescing_since is None:
+                self.coalescing_since = asyncio.get_running_loop().time()
+                self.frames.append(orjson.dumps({"type": "resync", "reason": "client too slow"}).decode())
+            self.coalesced.pop(key, None)
+            self.coalesced[key] = frame
+        self.ready.set()
+
+    def take(self) -> str | None:
+        if self.frames:
+            return self.frames.popleft()
+        if self.coalesced:
+            _, frame = self.coalesced.popitem(last=False)
+            if not self.coalesced:
+                self.coalescing_since = None
+            return frame
+        self.ready.clear()
+        return None
+
+    async def next_frame(self) -> str:
+        while True:
+            frame = self.take()
+            if frame is not None:
+                return frame
+            await self.ready.wait()
+
+    @property
+    def pending(self) -> int:
+        return len(self.frames) + len(self.coalesced)
+
+
+class CursorError(ValueError):
+    pass
 
 
 class LiveState:
@@ -45,10 +103,15 @@ class LiveState:
         self.org = org
         self.wards: dict[str, dict[str, Any]] = {}
         self.summaries: dict[str, dict[str, Any]] = {}  # "site:ID" / "system:ID" → metrics and OPEL
-        self.escalations: dict[str, dict[str, Any]] = {}  # open and acknowledged, by id
+        self.escalations: dict[str, dict[str, Any]] = {}  # escalation id → its latest lifecycle state
         self.seq: dict[Scope, int] = defaultdict(int)
         self.subscribers: dict[Scope, set[Subscriber]] = defaultdict(set)
         self.changes = 0
+        self._keys: dict[Scope, list[str]] = {}
+        digest = hashlib.sha256(orjson.dumps(sorted(org.wards))).hexdigest()[:8]
+        self._org_digest = digest
+
+    # -- keeping state ---------------------------------------------------------------------------
 
     def seed(self, summary: dict[str, Any]) -> None:
         self.update(summary, publish=False)
@@ -61,15 +124,14 @@ class LiveState:
             return False
         self.wards[ward_id] = summary
         self.changes += 1
-        if publish:
-            ward = self.org.wards.get(ward_id)
-            if ward is not None:
-                for scope in (
-                    Scope(Tier.ward, ward_id),
-                    Scope(Tier.site, ward.site_id),
-                    Scope(Tier.system, self.org.system.id),
-                ):
-                    self._publish(scope, summary)
+        ward = self.org.wards.get(ward_id)
+        if publish and ward is not None:
+            for scope in (
+                Scope(Tier.ward, ward_id),
+                Scope(Tier.site, ward.site_id),
+                Scope(Tier.system, self.org.system.id),
+            ):
+                self._publish(scope, f"ward:{ward_id}", "ward", summary)
         return True
 
     def update_summary(self, summary: dict[str, Any], *, publish: bool = True) -> bool:
@@ -86,63 +148,105 @@ class LiveState:
                 [scope] if scope.tier is Tier.system else [scope, Scope(Tier.system, self.org.system.id)]
             )
             for target in targets:
-                self._publish(target, summary, kind="summary")
+                self._publish(target, key, "summary", summary)
         return True
 
     def update_escalation(self, escalation: dict[str, Any], *, publish: bool = True) -> bool:
-        """Keep an escalation if newer; push it to the watchers of its scope and every scope above."""
-        key = escalation["id"]
-        held = self.escalations.get(key)
-        if held is not None and held["version"] >= escalation["version"]:
+        """Keep an escalation's latest lifecycle state (by version); fan it out to the scopes it concerns.
+
+        Closed ones are kept too (snapshots leave them out), so a resume tells a client that an
+        escalation it showed has been resolved meanwhile.
+        """
+        escalation_id = str(escalation.get("id", escalation.get("escalation_id")))
+        held = self.escalations.get(escalation_id)
+        if held is not None and held.get("version", 0) >= escalation.get("version", 0):
             return False
-        if escalation["status"] in ("open", "acknowledged"):
-            self.escalations[key] = escalation
-        else:
-            self.escalations.pop(key, None)
+        self.escalations[escalation_id] = escalation
         self.changes += 1
         if publish:
-            for target in self.scopes_above(Scope.parse(escalation["scope"])):
-                self._publish(target, escalation, kind="escalation")
+            for scope in self._escalation_scopes(escalation):
+                self._publish(scope, f"escalation:{escalation_id}", "escalation", escalation)
         return True
 
-    def scopes_above(self, scope: Scope) -> list[Scope]:
-        """The scope itself and every scope that contains it (ward → site → system)."""
-        system = Scope(Tier.system, self.org.system.id)
-        if scope.tier is Tier.ward:
-            ward = self.org.wards.get(scope.id)
-            return [scope, Scope(Tier.site, ward.site_id), system] if ward is not None else [scope]
-        if scope.tier is Tier.site:
-            return [scope, system]
-        return [scope]
+    def _escalation_scopes(self, escalation: dict[str, Any]) -> list[Scope]:
+        """The escalation's own scope and every scope above it."""
+        scopes = [Scope(Tier.system, self.org.system.id)]
+        site_id, ward_id = escalation.get("site_id"), escalation.get("ward_id")
+        with contextlib.suppress(ValueError):
+            own = Scope.parse(str(escalation.get("scope", "")))
+            if own.tier is Tier.ward:
+                ward_id = own.id
+            elif own.tier is Tier.site:
+                site_id = own.id
+        ward = self.org.wards.get(str(ward_id))
+        if ward is not None:
+            site_id = ward.site_id
+            scopes.append(Scope(Tier.ward, ward.id))
+        if site_id in self.org.sites_by_id:
+            scopes.append(Scope(Tier.site, str(site_id)))
+        return scopes
 
-    def escalations_in(self, scope: Scope) -> list[dict[str, Any]]:
-        return [e for e in self.escalations.values() if scope in self.scopes_above(Scope.parse(e["scope"]))]
+    # -- fan-out ---------------------------------------------------------------------------------
 
-    def _publish(self, scope: Scope, summary: dict[str, Any], kind: str = "ward") -> None:
-        watchers = self.subscribers.get(scope)
+    def _publish(self, scope: Scope, key: str, kind: str, body: dict[str, Any]) -> None:
         self.seq[scope] += 1
+        watchers = self.subscribers.get(scope)
         if not watchers:
             return
         frame = orjson.dumps(
-            {"type": "delta", "scope": str(scope), "seq": self.seq[scope], kind: summary}
+            {
+                "type": "delta",
+                "scope": str(scope),
+                "seq": self.seq[scope],
+                "cursor": self.cursor(scope),
+                kind: body,
+            }
         ).decode()
+        coalesce_key = f"{scope}|{key}"
         for subscriber in watchers:
-            subscriber.offer(frame)
+            subscriber.offer(frame, coalesce_key)
 
-    def subscribe(self, subscriber: Subscriber, scope: Scope) -> str:
-        """Register and return the snapshot frame; later deltas of the scope follow it in order."""
+    def subscribe(self, subscriber: Subscriber, scope: Scope, cursor: str | None = None) -> str:
+        """Register and return the first frame: a snapshot, or on resume only what changed since `cursor`.
+
+        Later deltas of the scope follow it in order.
+        """
         self.subscribers[scope].add(subscriber)
         subscriber.scopes.add(scope)
-        ward_ids = self.ward_ids(scope)
+        if cursor:
+            try:
+                seen = self.decode_cursor(scope, cursor)
+            except CursorError as exc:
+                log.info("resume of %s falls back to a snapshot: %s", scope, exc)
+            else:
+                return self._resume_frame(scope, seen)
+        return self.snapshot(scope)
+
+    def snapshot(self, scope: Scope) -> str:
         return orjson.dumps(
             {
                 "type": "snapshot",
                 "scope": str(scope),
                 "seq": self.seq[scope],
+                "cursor": self.cursor(scope),
                 "organisation": self.organisation_view(scope),
-                "wards": [self.wards[w] for w in ward_ids if w in self.wards],
+                "wards": [self.wards[w] for w in self.ward_ids(scope) if w in self.wards],
                 "summaries": [self.summaries[k] for k in self.summary_keys(scope) if k in self.summaries],
-                "escalations": self.escalations_in(scope),
+                "escalations": self._escalations_in(scope),
+            }
+        ).decode()
+
+    def _resume_frame(self, scope: Scope, seen: dict[str, int]) -> str:
+        newer = [k for k, v in self._versions(scope).items() if v > seen.get(k, 0)]
+        return orjson.dumps(
+            {
+                "type": "resume",
+                "scope": str(scope),
+                "seq": self.seq[scope],
+                "cursor": self.cursor(scope),
+                "wards": [self.wards[k[5:]] for k in newer if k.startswith("ward:")],
+                "summaries": [self.summaries[k] for k in newer if not k.startswith(("ward:", "escalation:"))],
+                "escalations": [self.escalations[k[11:]] for k in newer if k.startswith("escalation:")],
             }
         ).decode()
 
@@ -151,14 +255,80 @@ class LiveState:
             self.subscribers[scope].discard(subscriber)
         subscriber.scopes.clear()
 
-    def broadcast(self, message: dict[str, Any]) -> None:
+    def broadcast(self, message: dict[str, Any], *, droppable: bool = False) -> None:
         frame = orjson.dumps(message).decode()
         everyone = {s for watchers in self.subscribers.values() for s in watchers}
         for subscriber in everyone:
-            subscriber.offer(frame)
+            subscriber.offer(frame, droppable=droppable)
 
     def heartbeat(self) -> None:
-        self.broadcast({"type": "heartbeat", "at": utcnow().isoformat()})
+        self.broadcast({"type": "heartbeat", "at": utcnow().isoformat()}, droppable=True)
+
+    def stragglers(self, now: float, drop_after: float) -> list[Subscriber]:
+        """Subscribers that have been coalescing for longer than `drop_after` seconds."""
+        everyone = {s for watchers in self.subscribers.values() for s in watchers}
+        return [
+            s for s in everyone if s.coalescing_since is not None and now - s.coalescing_since > drop_after
+        ]
+
+    # -- cursors ---------------------------------------------------------------------------------
+
+    def _entity_keys(self, scope: Scope) -> list[str]:
+        keys = self._keys.get(scope)
+        if keys is None:
+            keys = [f"ward:{w}" for w in self.ward_ids(scope)] + self.summary_keys(scope)
+            self._keys[scope] = keys
+        return keys
+
+    def _versions(self, scope: Scope) -> dict[str, int]:
+        versions: dict[str, int] = {}
+        for key in self._entity_keys(scope):
+            held = self.wards.get(key[5:]) if key.startswith("ward:") else self.summaries.get(key)
+            versions[key] = int(held["version"]) if held else 0
+        for escalation_id in self._escalation_ids_in(scope):
+            versions[f"escalation:{escalation_id}"] = int(self.escalations[escalation_id].get("version", 0))
+        return versions
+
+    def cursor(self, scope: Scope) -> str:
+        """An opaque token: the versions of every entity of the scope, in the organisation's order.
+
+        Wards and summaries are listed positionally (the digest pins the organisation they belong
+        to); escalations, which come and go, by id.
+        """
+        versions = self._versions(scope)
+        fixed = [versions[k] for k in self._entity_keys(scope)]
+        escalations = {k[11:]: v for k, v in versions.items() if k.startswith("escalation:")}
+        body = orjson.dumps([str(scope), fixed, escalations])
+        encoded = base64.urlsafe_b64encode(body).rstrip(b"=").decode()
+        return f"{CURSOR_PREFIX}.{self._org_digest}.{encoded}"
+
+    def decode_cursor(self, scope: Scope, cursor: str) -> dict[str, int]:
+        try:
+            prefix, digest, encoded = cursor.split(".", 2)
+            body = orjson.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+            cursor_scope, fixed, escalations = body
+        except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+            raise CursorError(f"unreadable cursor: {exc}") from exc
+        keys = self._entity_keys(scope)
+        if prefix != CURSOR_PREFIX or digest != self._org_digest:
+            raise CursorError("cursor from another format or organisation")
+        if cursor_scope != str(scope) or not isinstance(fixed, list) or len(fixed) != len(keys):
+            raise CursorError("cursor of another scope")
+        if not isinstance(escalations, dict):
+            raise CursorError("unreadable cursor")
+        seen = {k: int(v) for k, v in zip(keys, fixed, strict=True)}
+        seen.update({f"escalation:{k}": int(v) for k, v in escalations.items()})
+        return seen
+
+    # -- scope geometry --------------------------------------------------------------------------
+
+    def _escalation_ids_in(self, scope: Scope) -> list[str]:
+        return [i for i, e in self.escalations.items() if scope in self._escalation_scopes(e)]
+
+    def _escalations_in(self, scope: Scope) -> list[dict[str, Any]]:
+        """The open ones (a snapshot needs no history)."""
+        held = (self.escalations[i] for i in self._escalation_ids_in(scope))
+        return [e for e in held if e.get("status") not in CLOSED_ESCALATION]
 
     def summary_keys(self, scope: Scope) -> list[str]:
         if scope.tier is Tier.ward:

@@ -1,7 +1,8 @@
 """`WS /v1/stream`: authenticate with the first message, subscribe to scopes, receive snapshot + deltas,
 and act on escalations (`{"type": "act", ...}`, answered by `act_result`).
 
-Close codes: 4400 bad message, 4401 not authenticated, 4403 scope not allowed, 4408 too slow.
+Close codes (docs/stream.md): 4400 bad message, 4401 not authenticated, 4403 scope not allowed,
+4408 too slow (stayed behind for too long), 4410 idle (nothing heard from the client for too long).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 AUTH_TIMEOUT_SECONDS = 10.0
+IDLE_TIMEOUT_SECONDS = 45.0  # clients ping every 15 s; three missed pings end the connection
 CLOSE_BAD_MESSAGE = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_IDLE = 4410
 
 
 async def _receive_json(ws: WebSocket, timeout: float | None = None) -> dict[str, Any]:
@@ -50,8 +53,9 @@ async def _authenticate(ws: WebSocket, runtime: Runtime) -> tuple[Principal, str
 
 async def _sender(ws: WebSocket, subscriber: Subscriber) -> None:
     while True:
-        frame = await subscriber.queue.get()
-        await ws.send_text(frame)
+        # No timeout per send (that costs a task per frame): a socket that stops taking frames
+        # leaves its queue coalescing, and the gateway closes it once that lasts too long.
+        await ws.send_text(await subscriber.next_frame())
 
 
 ACTIONS = {"acknowledge": "acknowledge", "resolve": "resolve", "note": "notes"}
@@ -110,7 +114,7 @@ async def stream(ws: WebSocket) -> None:
     slow = asyncio.create_task(subscriber.too_slow.wait())
     try:
         while True:
-            receive = asyncio.create_task(_receive_json(ws))
+            receive = asyncio.create_task(_receive_json(ws, IDLE_TIMEOUT_SECONDS))
             done, _ = await asyncio.wait({receive, sender, slow}, return_when=asyncio.FIRST_COMPLETED)
             if slow in done:
                 receive.cancel()
@@ -119,7 +123,11 @@ async def stream(ws: WebSocket) -> None:
             if sender in done:
                 receive.cancel()
                 return
-            message = receive.result()
+            try:
+                message = receive.result()
+            except TimeoutError:
+                await ws.close(CLOSE_IDLE, "nothing received from the client; send a ping every 15 s")
+                return
             if message["type"] == "subscribe":
                 try:
                     scope = Scope.parse(str(message.get("scope", "")))
@@ -129,12 +137,17 @@ async def stream(ws: WebSocket) -> None:
                 if not exists(scope, runtime.org) or not principal.may_see(scope, runtime.org):
                     await ws.close(CLOSE_FORBIDDEN, f"scope {scope} not allowed for this token"[:120])
                     return
-                subscriber.offer(live.subscribe(subscriber, scope))
+                cursor = message.get("cursor")
+                subscriber.offer(
+                    live.subscribe(subscriber, scope, cursor if isinstance(cursor, str) else None)
+                )
             elif message["type"] == "act":
                 subscriber.offer(await act(runtime, token, message))
             elif message["type"] == "unsubscribe":
                 live.unsubscribe(subscriber)
-            elif message["type"] != "ping":
+            elif message["type"] == "ping":
+                subscriber.offer(orjson.dumps({"type": "pong"}).decode())
+            else:
                 await ws.close(CLOSE_BAD_MESSAGE, f"unknown message type {message['type']!r}"[:120])
                 return
     except WebSocketDisconnect:

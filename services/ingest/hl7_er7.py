@@ -129,6 +129,12 @@ def decode(body: bytes) -> str:
     """Bytes → text: a UTF-8 byte-order mark is dropped; non-UTF-8 needs a charset in MSH-18."""
     if body.startswith(BOM):
         body = body[len(BOM) :]
+    nul = body.find(b"\x00")
+    if nul >= 0:
+        # ER7 is text and has no use for NUL; nothing that holds one could be stored as text either
+        raise reject(
+            ErrorCode.data_type_error, f"the message contains a NUL byte (byte {nul})", ErrorLocation("MSH")
+        )
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:

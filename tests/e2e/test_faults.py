@@ -6,7 +6,7 @@ import asyncio
 import random
 import signal
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -20,7 +20,7 @@ from shared.auth import Role
 from shared.organisation import Organisation
 from shared.secrets_store import Secrets
 from tests.conftest import eventually, make_settings
-from tests.helpers import StreamClient, bed_event, post_signed, token
+from tests.helpers import StreamClient, bed_event, post_signed, shuffled_bed_history, token
 
 pytestmark = pytest.mark.e2e
 
@@ -71,25 +71,10 @@ async def test_broker_down_webhook_still_accepted_and_applied_when_back(
 async def test_command_centre_killed_mid_stream_gives_identical_state(
     stack: Stack, test_secrets: Secrets, db: asyncpg.Connection, org: Organisation
 ) -> None:
-    rng = random.Random(7)
     beds = [b.id for b in org.sites_by_id["RXN01"].wards[0].bed_list] + [
         b.id for b in org.sites_by_id["RXN02"].wards[1].bed_list
     ]
-    start = datetime.now(UTC) - timedelta(hours=1)
-    events = [
-        bed_event(
-            rng.choice(beds),
-            rng.choice(["occupied", "unoccupied", "closed", "housekeeping"]),
-            at=start + timedelta(seconds=rng.randrange(3000)),
-            event_id=uuid.uuid4(),
-        )
-        for _ in range(600)
-    ]
-    expected: dict[str, tuple[datetime, bytes, str]] = {}
-    for e in events:
-        key = (datetime.fromisoformat(e["occurred_at"]), uuid.UUID(e["event_id"]).bytes, e["status"])
-        if e["bed_id"] not in expected or key[:2] > expected[e["bed_id"]][:2]:
-            expected[e["bed_id"]] = key
+    events, expected = shuffled_bed_history(random.Random(7), beds, 600, timedelta(hours=1))
 
     url = f"{stack.url_of('ingest')}/v1/bed-events"
     async with httpx.AsyncClient(timeout=30) as client:
@@ -108,7 +93,7 @@ async def test_command_centre_killed_mid_stream_gives_identical_state(
 
     async def settled() -> bool:
         statuses = {b: await bed_status(db, b) for b in expected}
-        return statuses == {b: v[2] for b, v in expected.items()}
+        return statuses == expected
 
     await eventually(settled, timeout=90)
     # no double counting: each event applied exactly once, and every ward summary agrees with its beds
@@ -120,7 +105,7 @@ async def test_command_centre_killed_mid_stream_gives_identical_state(
         assert {k: v for k, v in summary["counts"].items() if v} == counted
         for bed_id, status in statuses.items():
             if bed_id in expected:
-                assert status == expected[bed_id][2]
+                assert status == expected[bed_id]
 
 
 async def test_broker_restart_with_empty_log_carries_on(

@@ -82,6 +82,15 @@ def test_bytes_that_are_not_utf8_without_a_declared_charset_are_rejected() -> No
     assert caught.value.problem.location == ErrorLocation("MSH", field=18)
 
 
+def test_a_nul_byte_anywhere_is_rejected() -> None:
+    # found by the HTTP fuzz test: a NUL in MSH-10 could not be stored and was answered as an outage
+    body = A01.replace("|P|2.4", "|\x00SEED|P|2.4", 1).encode()
+    with pytest.raises(Hl7Error) as caught:
+        decode(body)
+    assert caught.value.ack is AckCode.reject
+    assert "NUL" in caught.value.problem.message
+
+
 def test_non_default_delimiters_declared_in_msh1_and_msh2() -> None:
     # field #, component $, repetition *, escape @, sub-component %
     standard = adt("A02", "CTRL9", pid(), pv1("WD10^B2^3^RXN01", prior="AMU^B1^1^RXN01"))

@@ -1,0 +1,189 @@
+"""The live stream across replicas and restarts: two gateways serve one site, and a client's
+cursor resumes it on any replica, before or after a restart, without loss or duplication."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import httpx
+import orjson
+import pytest
+import websockets
+
+from icc.embedded import free_port, wait_for_port
+from icc.stack import Stack
+from icc.watch import watch
+from shared.auth import Role
+from shared.secrets_store import Secrets
+from tests.conftest import eventually
+from tests.helpers import StreamClient, bed_event, post_signed, token
+
+pytestmark = pytest.mark.e2e
+
+SITE = "site:RXN01"
+
+
+def start_second_gateway(stack: Stack) -> str:
+    """Another gateway replica on its own port, on the same broker and database."""
+    first = stack.processes.pop("gateway")
+    port = free_port()
+    stack.start_service("gateway", "--port", str(port))
+    stack.processes["gateway-b"] = stack.processes.pop("gateway")
+    stack.processes["gateway"] = first
+    url = f"http://{stack.settings.host}:{port}"
+    wait_for_port(stack.settings.host, port, 60)
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{url}/readyz", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, "second gateway not ready"
+        time.sleep(0.2)
+    return url
+
+
+async def post_bed(client: httpx.AsyncClient, stack: Stack, secrets: Secrets, bed: str, status: str) -> None:
+    response = await post_signed(
+        client, f"{stack.url_of('ingest')}/v1/bed-events", secrets, bed_event(bed, status)
+    )
+    assert response.status_code == 202, response.text
+
+
+async def ward_version(client: httpx.AsyncClient, stack: Stack, secrets: Secrets, ward_id: str) -> int:
+    jwt = token(secrets, Role.site_manager, SITE)
+    response = await client.get(
+        f"{stack.url_of('command-centre')}/v1/wards/{ward_id}/state",
+        headers={"Authorization": f"Bearer {jwt}"},
+    )
+    assert response.status_code == 200, response.text
+    return int(response.json()["version"])
+
+
+async def warm_up(client: httpx.AsyncClient, stack: Stack, secrets: Secrets) -> None:
+    """The site's first event publishes every ward of it; let that settle before counting changes."""
+    await post_bed(client, stack, secrets, "RXN01-CCU-B1-1", "occupied")
+
+    async def published() -> bool:
+        return await ward_version(client, stack, secrets, "RXN01-CHW") > 0
+
+    await eventually(published)
+
+
+def bed_of(delta: dict, bed_id: str) -> str | None:
+    return delta.get("ward", {}).get("beds", {}).get(bed_id)
+
+
+async def test_two_replicas_serve_one_site_and_a_cursor_resumes_on_either(
+    stack: Stack, test_secrets: Secrets
+) -> None:
+    async with httpx.AsyncClient() as client:
+        await warm_up(client, stack, test_secrets)
+    second = await asyncio.to_thread(start_second_gateway, stack)
+    jwt = token(test_secrets, Role.site_manager, SITE)
+    on_first = await StreamClient.connect(stack.url_of("gateway"), jwt, SITE)
+    on_second = await StreamClient.connect(second, jwt, SITE)
+    await on_first.next("snapshot")
+    await on_second.next("snapshot")
+    async with httpx.AsyncClient() as client:
+        await post_bed(client, stack, test_secrets, "RXN01-AMU-B1-1", "occupied")
+        first_delta, _ = await on_first.until(lambda d: bed_of(d, "RXN01-AMU-B1-1") == "occupied")
+        second_delta, _ = await on_second.until(lambda d: bed_of(d, "RXN01-AMU-B1-1") == "occupied")
+        assert first_delta["ward"] == second_delta["ward"]
+        cursor = first_delta["cursor"]
+        await on_first.close()
+
+        await post_bed(client, stack, test_secrets, "RXN01-SAU-B1-1", "closed")
+        await on_second.until(lambda d: bed_of(d, "RXN01-SAU-B1-1") == "closed")
+        # the cursor from the first replica resumes on the second: only the ward that changed
+        resumed = await StreamClient.connect(second, jwt, SITE, cursor=cursor)
+        frame = await resumed.next("resume", "snapshot")
+        assert frame["type"] == "resume"
+        assert [w["ward_id"] for w in frame["wards"]] == ["RXN01-SAU"]
+        assert frame["wards"][0]["beds"]["RXN01-SAU-B1-1"] == "closed"
+    for c in (on_second, resumed):
+        await c.close()
+
+
+async def test_resume_across_a_gateway_restart_loses_and_repeats_nothing(
+    stack: Stack, test_secrets: Secrets
+) -> None:
+    async with httpx.AsyncClient() as client:
+        await warm_up(client, stack, test_secrets)
+    jwt = token(test_secrets, Role.site_manager, SITE)
+    watcher = await StreamClient.connect(stack.url_of("gateway"), jwt, SITE)
+    await watcher.next("snapshot")
+    async with httpx.AsyncClient() as client:
+        await post_bed(client, stack, test_secrets, "RXN01-AMU-B1-2", "occupied")
+        delta, _ = await watcher.until(lambda d: bed_of(d, "RXN01-AMU-B1-2") == "occupied")
+        cursor = delta["cursor"]
+
+        stack.stop_service("gateway", signal.SIGTERM)
+        with pytest.raises(websockets.ConnectionClosed):
+            async with asyncio.timeout(15):
+                while True:
+                    await watcher.ws.recv()
+
+        before = {w: await ward_version(client, stack, test_secrets, w) for w in ("RXN01-WD10", "RXN01-WD11")}
+        await post_bed(client, stack, test_secrets, "RXN01-WD10-B1-1", "occupied")
+        await post_bed(client, stack, test_secrets, "RXN01-WD11-B1-1", "closed")
+        await post_bed(client, stack, test_secrets, "RXN01-WD11-B1-2", "occupied")
+
+        async def applied() -> bool:
+            now = {w: await ward_version(client, stack, test_secrets, w) for w in before}
+            return now["RXN01-WD10"] > before["RXN01-WD10"] and now["RXN01-WD11"] >= before["RXN01-WD11"] + 2
+
+        await eventually(applied)
+        stack.start_service("gateway")
+        await asyncio.to_thread(stack.wait_ready, "gateway")
+
+        resumed = await StreamClient.connect(stack.url_of("gateway"), jwt, SITE, cursor=cursor)
+        frame = await resumed.next("resume", "snapshot")
+        assert frame["type"] == "resume", "a cursor from before the restart is still good"
+        wards = {w["ward_id"]: w for w in frame["wards"]}
+        assert sorted(wards) == ["RXN01-WD10", "RXN01-WD11"], "exactly the wards that changed, each once"
+        assert wards["RXN01-WD10"]["beds"]["RXN01-WD10-B1-1"] == "occupied"
+        assert wards["RXN01-WD11"]["beds"]["RXN01-WD11-B1-1"] == "closed"
+        assert wards["RXN01-WD11"]["beds"]["RXN01-WD11-B1-2"] == "occupied"
+        # and the stream goes on from there
+        await post_bed(client, stack, test_secrets, "RXN01-AMU-B1-3", "occupied")
+        await resumed.until(lambda d: bed_of(d, "RXN01-AMU-B1-3") == "occupied")
+        await resumed.ping()
+        await resumed.close()
+
+
+async def test_a_client_that_never_reads_does_not_delay_the_others(
+    stack: Stack, test_secrets: Secrets
+) -> None:
+    jwt = token(test_secrets, Role.wall_display, "system:QXN")
+    url = stack.url_of("gateway").replace("http", "ws", 1) + "/v1/stream"
+    # a stalled reader: tiny receive buffers and it never reads after subscribing
+    stalled = await websockets.connect(url, max_queue=1, max_size=2**20)
+    await stalled.send(orjson.dumps({"type": "auth", "token": jwt}).decode())
+    await stalled.send(orjson.dumps({"type": "subscribe", "scope": "system:QXN"}).decode())
+    live = await StreamClient.connect(stack.url_of("gateway"), jwt, "system:QXN")
+    await live.next("snapshot")
+    async with httpx.AsyncClient() as client:
+        for i in range(1, 31):
+            status = "occupied" if i % 2 else "unoccupied"
+            await post_bed(client, stack, test_secrets, "RXN02-W1-B1-1", status)
+            # each change reaches the reading client promptly although the other reads nothing
+            delta, _ = await live.until(lambda d, s=status: bed_of(d, "RXN02-W1-B1-1") == s, timeout=10)
+            assert delta["ward"]["ward_id"] == "RXN02-W1"
+    await live.close()
+    await stalled.close()
+
+
+async def test_icc_watch_prints_the_feed(stack: Stack, test_secrets: Secrets) -> None:
+    lines: list[str] = []
+    jwt = token(test_secrets, Role.wall_display, "site:RXN02")
+    watching = asyncio.create_task(watch(stack.url_of("gateway"), jwt, ["site:RXN02"], lines.append, limit=3))
+    async with httpx.AsyncClient() as client:
+        await eventually(lambda: _true_if(any(line.startswith("snapshot site:RXN02") for line in lines)))
+        await post_bed(client, stack, test_secrets, "RXN02-W2-B1-1", "occupied")
+    await asyncio.wait_for(watching, 30)
+    assert lines[0].startswith("ready")
+    assert lines[1].startswith("snapshot site:RXN02")
+    assert lines[2].startswith(("ward     site:RXN02", "summary  site:RXN02")), lines
+
+
+async def _true_if(value: bool) -> bool:
+    return value

@@ -1,0 +1,127 @@
+"""The gateway's live state: cursors that resume exactly, and slow subscribers that coalesce."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from services.gateway.live_state import LiveState, Subscriber
+from shared.auth import Scope, Tier
+from shared.organisation import Organisation
+
+pytestmark = pytest.mark.unit
+
+
+def ward(ward_id: str, version: int, occupied: int = 0) -> dict[str, Any]:
+    return {"ward_id": ward_id, "version": version, "counts": {"occupied": occupied}}
+
+
+def drain(subscriber: Subscriber) -> list[dict[str, Any]]:
+    frames = []
+    while (frame := subscriber.take()) is not None:
+        frames.append(orjson.loads(frame))
+    return frames
+
+
+def site_of(org: Organisation) -> tuple[Scope, list[str]]:
+    site = org.sites[0]
+    return Scope(Tier.site, site.id), [w.id for w in site.wards]
+
+
+async def test_resume_sends_exactly_what_changed_since_the_cursor(org: Organisation) -> None:
+    scope, wards = site_of(org)
+    live = LiveState(org)
+    for i, w in enumerate(wards):
+        live.seed(ward(w, 1, i))
+    first = Subscriber()
+    snapshot = orjson.loads(live.subscribe(first, scope))
+    assert snapshot["type"] == "snapshot" and len(snapshot["wards"]) == len(wards)
+    live.update(ward(wards[0], 2))
+    (delta,) = drain(first)
+    cursor = delta["cursor"]
+    live.unsubscribe(first)
+
+    live.update(ward(wards[1], 5))
+    live.update(ward(wards[1], 6))
+    live.update(ward(wards[0], 2))  # not newer: no change
+
+    # a different replica (another LiveState holding the same durable versions) resumes the same
+    other = LiveState(org)
+    for w in wards:
+        other.seed(live.wards[w])
+    for state in (live, other):
+        resumed = orjson.loads(state.subscribe(Subscriber(), scope, cursor))
+        assert resumed["type"] == "resume"
+        assert [w["ward_id"] for w in resumed["wards"]] == [wards[1]]
+        assert resumed["wards"][0]["version"] == 6
+
+
+async def test_unusable_cursor_gets_a_fresh_snapshot(org: Organisation) -> None:
+    scope, _ = site_of(org)
+    live = LiveState(org)
+    other_scope = Scope(Tier.site, org.sites[1].id)
+    foreign = live.cursor(other_scope)
+    for cursor in ("garbage", "c1.0000.AAAA", foreign):
+        assert orjson.loads(live.subscribe(Subscriber(), scope, cursor))["type"] == "snapshot"
+
+
+async def test_slow_subscriber_coalesces_to_latest_state_per_entity(org: Organisation) -> None:
+    scope, wards = site_of(org)
+    live = LiveState(org)
+    slow, fast = Subscriber(limit=3), Subscriber(limit=1000)
+    slow.offer(live.subscribe(slow, scope))
+    fast.offer(live.subscribe(fast, scope))
+    for version in range(1, 11):
+        for w in wards[:2]:
+            live.update(ward(w, version))
+    fast_frames = drain(fast)
+    assert len(fast_frames) == 1 + 20  # snapshot and every delta, nothing held back
+    frames = drain(slow)
+    kinds = [f["type"] for f in frames]
+    assert kinds[:4] == ["snapshot", "delta", "delta", "resync"]
+    tail = frames[4:]
+    # after the marker only the latest state of each ward, each once
+    assert sorted((f["ward"]["ward_id"], f["ward"]["version"]) for f in tail) == [
+        (wards[0], 10),
+        (wards[1], 10),
+    ]
+    assert slow.coalescing_since is None
+    assert live.stragglers(1e12, 30.0) == []
+
+
+async def test_escalations_reach_the_scopes_they_concern(org: Organisation) -> None:
+    scope, wards = site_of(org)
+    live = LiveState(org)
+    watcher = Subscriber()
+    live.subscribe(watcher, scope)
+    escalation = {"id": "e1", "version": 1, "scope": f"ward:{wards[0]}", "status": "open", "tier": "ward"}
+    assert live.update_escalation(escalation)
+    assert not live.update_escalation(escalation)
+    frames = drain(watcher)
+    assert frames[-1]["escalation"]["id"] == "e1"
+    assert orjson.loads(live.snapshot(scope))["escalations"] == [escalation]
+    cursor = frames[-1]["cursor"]
+    resolved = {**escalation, "version": 2, "status": "resolved"}
+    live.update_escalation(resolved)
+    assert orjson.loads(live.snapshot(scope))["escalations"] == []
+    resumed = orjson.loads(live.subscribe(Subscriber(), scope, cursor))
+    assert resumed["escalations"] == [resolved], "a resume says what was resolved meanwhile"
+    other_site = Scope(Tier.site, org.sites[1].id)
+    assert orjson.loads(live.snapshot(other_site))["escalations"] == []
+
+
+async def test_a_snapshot_is_never_dropped_from_a_full_queue(org: Organisation) -> None:
+    scope, wards = site_of(org)
+    live = LiveState(org)
+    slow = Subscriber(limit=2)
+    slow.offer(live.subscribe(slow, scope))
+    for version in range(1, 5):
+        live.update(ward(wards[0], version))
+    live.heartbeat()
+    other = Scope(Tier.ward, wards[1])
+    slow.offer(live.subscribe(slow, other))
+    kinds = [(f["type"], f["scope"] if "scope" in f else None) for f in drain(slow)]
+    assert ("snapshot", str(other)) in kinds
+    assert ("heartbeat", None) not in kinds
