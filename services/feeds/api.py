@@ -283,7 +283,7 @@ def _may_subscribe(user: Principal, runtime: Runtime, system_id: str) -> None:
 
 def _public(row: Any) -> dict[str, Any]:
     return {
-        "id": row["id"],
+        "id": str(row["id"]),
         "system_id": row["system_id"],
         "url": row["url"],
         "filters": row["filters"],
@@ -359,7 +359,7 @@ async def deliveries(
         subscription_id,
         limit,
     )
-    return {"items": [dict(r) for r in rows]}
+    return {"items": [{**dict(r), "id": str(r["id"])} for r in rows]}
 
 
 @router.delete("/v1/feeds/subscriptions/{subscription_id}", summary="Stop pushing to this subscription")
@@ -368,7 +368,7 @@ async def delete_subscription(
 ) -> dict[str, Any]:
     await _subscription(runtime, user, subscription_id)
     await runtime.db.execute("UPDATE feed_subscription SET deleted_at = now() WHERE id = $1", subscription_id)
-    return {"deleted": subscription_id}
+    return {"deleted": str(subscription_id)}
 
 
 @router.get("/healthz", include_in_schema=False)
