@@ -126,13 +126,13 @@ class PushWorker:
             log.warning("feed push for %s failed: %s", sub_id, task.exception())
 
     async def _serve(self, sub_id: uuid.UUID) -> None:
-        lease = timedelta(seconds=self.policy.timeout_seconds + 30)
+        # the database's clock on both sides, so replicas with skewed clocks agree on a lease
         subscription = await self.pool.fetchrow(
-            "UPDATE feed_subscription SET lease_until = $2 "
-            "WHERE id = $1 AND deleted_at IS NULL AND (lease_until IS NULL OR lease_until < now()) "
-            "RETURNING *",
+            "UPDATE feed_subscription SET lease_until = clock_timestamp() + make_interval(secs => $2) "
+            "WHERE id = $1 AND deleted_at IS NULL "
+            "AND (lease_until IS NULL OR lease_until < clock_timestamp()) RETURNING *",
             sub_id,
-            self.clock() + lease,
+            self.policy.timeout_seconds + 30,
         )
         if subscription is None:
             return  # another replica has it, or it was deleted
