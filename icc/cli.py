@@ -29,6 +29,7 @@ def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
         "ingest": ("services.ingest.app:create_app", settings.ingest_port),
         "command-centre": ("services.command_centre.app:create_app", settings.command_centre_port),
         "gateway": ("services.gateway.app:create_app", settings.gateway_port),
+        "feeds": ("services.feeds.app:create_app", settings.feeds_port),
     }[args.command]
     return _serve(target[0], args.port or target[1], settings)
 
@@ -247,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--rate", type=float, default=5.0, help="simulated bed changes per second")
     up.set_defaults(func=cmd_up)
 
-    for name in ("ingest", "command-centre", "gateway"):
+    for name in ("ingest", "command-centre", "gateway", "feeds"):
         service = sub.add_parser(name, help=f"run the {name} service")
         service.add_argument("--port", type=int, default=0)
         service.set_defaults(func=cmd_service)

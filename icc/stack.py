@@ -24,7 +24,7 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("ingest", "command-centre", "gateway")
+SERVICES = ("ingest", "command-centre", "gateway", "feeds")
 DEFAULT_MLLP_PORT = 2575  # the port IANA registered for HL7 over MLLP
 
 
@@ -43,9 +43,12 @@ class Stack:
 
     def port_of(self, service: str) -> int:
         s = self.settings
-        return {"ingest": s.ingest_port, "command-centre": s.command_centre_port, "gateway": s.gateway_port}[
-            service
-        ]
+        return {
+            "ingest": s.ingest_port,
+            "command-centre": s.command_centre_port,
+            "gateway": s.gateway_port,
+            "feeds": s.feeds_port,
+        }[service]
 
     def url_of(self, service: str) -> str:
         return f"http://{self.settings.host}:{self.port_of(service)}"
@@ -82,6 +85,12 @@ class Stack:
             ICC_INGEST_PORT=str(self.settings.ingest_port),
             ICC_COMMAND_CENTRE_PORT=str(self.settings.command_centre_port),
             ICC_GATEWAY_PORT=str(self.settings.gateway_port),
+            ICC_FEEDS_PORT=str(self.settings.feeds_port),
+            ICC_FEEDS_POLL_SECONDS=str(self.settings.feeds_poll_seconds),
+            ICC_FEEDS_MAX_ATTEMPTS=str(self.settings.feeds_max_attempts),
+            ICC_FEEDS_RETRY_BASE_SECONDS=str(self.settings.feeds_retry_base_seconds),
+            ICC_FEEDS_RETRY_MAX_SECONDS=str(self.settings.feeds_retry_max_seconds),
+            ICC_FEEDS_DELIVERY_TIMEOUT_SECONDS=str(self.settings.feeds_delivery_timeout_seconds),
             ICC_MLLP_PORT=str(self.settings.mllp_port),
             ICC_MLLP_HOST=self.settings.mllp_host,
             ICC_MLLP_SOURCES=self.settings.mllp_sources,

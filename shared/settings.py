@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     ingest_port: int = Field(default=8701, alias="ICC_INGEST_PORT")
     command_centre_port: int = Field(default=8702, alias="ICC_COMMAND_CENTRE_PORT")
     gateway_port: int = Field(default=8703, alias="ICC_GATEWAY_PORT")
+    feeds_port: int = Field(default=8704, alias="ICC_FEEDS_PORT")
     broker_port: int = Field(default=9092, alias="ICC_BROKER_PORT")
     # HL7 v2 over MLLP (TCP) into ingest: 0 is off; `icc up` turns it on at 2575.
     mllp_port: int = Field(default=0, alias="ICC_MLLP_PORT")
@@ -55,6 +56,14 @@ class Settings(BaseSettings):
         default=Path("deploy/org/location-map.yaml"), alias="ICC_LOCATION_MAP_FILE"
     )
     consumer_group: str = Field(default="icc-command-centre", alias="ICC_CONSUMER_GROUP")
+    # ICB push feed: how often due deliveries are looked for, and how a failing subscriber is retried.
+    feeds_poll_seconds: float = Field(default=1.0, gt=0, alias="ICC_FEEDS_POLL_SECONDS")
+    feeds_max_attempts: int = Field(default=8, ge=1, alias="ICC_FEEDS_MAX_ATTEMPTS")
+    feeds_retry_base_seconds: float = Field(default=2.0, gt=0, alias="ICC_FEEDS_RETRY_BASE_SECONDS")
+    feeds_retry_max_seconds: float = Field(default=600.0, gt=0, alias="ICC_FEEDS_RETRY_MAX_SECONDS")
+    feeds_delivery_timeout_seconds: float = Field(
+        default=10.0, gt=0, alias="ICC_FEEDS_DELIVERY_TIMEOUT_SECONDS"
+    )
 
     @model_validator(mode="after")
     def _signed_escalation_webhook(self) -> Settings:

@@ -349,3 +349,52 @@ class IngestCounter(SQLModel, table=True):
     name: str
     value: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_at: datetime = _ts()
+
+
+class FeedSubscription(SQLModel, table=True):
+    """An ICB's push subscription: where to POST the pressure feed, how it is signed, and how often."""
+
+    __tablename__ = "feed_subscription"
+    id: uuid.UUID = Field(sa_column=Column(Uuid, primary_key=True))
+    system_id: str
+    url: str
+    secret: str
+    # {"sites": [...], "min_effective_level": N}: which sites the payload carries, and a level gate
+    filters: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    cadence: str  # "on_change" or "interval"
+    interval_minutes: int | None = None
+    created_by: str
+    created_at: datetime = _ts()
+    deleted_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    # what was last queued for delivery: the scope versions it carried, and when
+    last_versions: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
+    last_queued_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    # one feeds replica works on a subscription at a time
+    lease_until: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class FeedDelivery(SQLModel, table=True):
+    """One message to one subscriber, with every attempt made to deliver it (the delivery log)."""
+
+    __tablename__ = "feed_delivery"
+    __table_args__ = (
+        Index("ix_feed_delivery_subscription", "subscription_id", "created_at"),
+        Index("ix_feed_delivery_due", "status", "next_attempt_at"),
+    )
+    id: uuid.UUID = Field(sa_column=Column(Uuid, primary_key=True))
+    subscription_id: uuid.UUID = Field(sa_column=Column(Uuid, nullable=False))
+    status: str  # pending, delivered, dead
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    next_attempt_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    attempt_log: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
+    created_at: datetime = _ts()
+    finished_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )

@@ -105,6 +105,7 @@ def make_settings(
         "ICC_INGEST_PORT": free_port(),
         "ICC_COMMAND_CENTRE_PORT": free_port(),
         "ICC_GATEWAY_PORT": free_port(),
+        "ICC_FEEDS_PORT": free_port(),
         "ICC_MLLP_PORT": free_port(),
         "ICC_TOPIC_PARTITIONS": 3,
         "ICC_STATE_TICK_SECONDS": 1.0,

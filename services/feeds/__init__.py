@@ -1,0 +1,1 @@
+"""ICB system-pressure feed: pull (JSON, FHIR MeasureReport, EDXL-HAVE, CSV) and signed push webhooks."""
