@@ -91,7 +91,7 @@ async def test_pressure_in_every_format_with_etags(feeds_stack: Stack, test_secr
         view = await eventually(occupied, timeout=60)
         assert view["system_id"] == "QXN" and view["opel"]["effective_level"] in (1, 2, 3, 4, None)
         assert view["beds"]["critical_care"]["occupied"] == 1
-        assert view["escalations"]["source_available"] is False
+        assert view["escalations"]["source_available"] is True
         rxn01 = next(s for s in view["sites"] if s["site_id"] == "RXN01")
         assert "breakdown" in rxn01["opel"]
 
