@@ -58,36 +58,56 @@ async def _sender(ws: WebSocket, subscriber: Subscriber) -> None:
         await ws.send_text(await subscriber.next_frame())
 
 
-ACTIONS = {"acknowledge": "acknowledge", "resolve": "resolve", "note": "notes"}
+ACTIONS = ("acknowledge", "note", "resolve", "raise")
+
+
+def _act_request(message: dict[str, Any]) -> tuple[str, dict[str, Any] | None] | str:
+    """The command-centre path and body for an `act` message, or what is wrong with it."""
+    action, ident, text = message.get("action"), message.get("id"), message.get("text")
+    if action not in ACTIONS:
+        return f"action must be one of {list(ACTIONS)}"
+    if text is not None and not isinstance(text, str):
+        return "text must be a string"
+    if action == "raise":
+        body = {k: message[k] for k in ("scope", "reason", "severity", "key") if message.get(k) is not None}
+        return "/v1/escalations", body
+    if not isinstance(ident, str):
+        return f"{action} needs the escalation's `id`"
+    if action == "note":
+        return f"/v1/escalations/{ident}/notes", {"text": text or ""}
+    if action == "resolve":
+        return f"/v1/escalations/{ident}/resolve", {"note": text} if text else None
+    return f"/v1/escalations/{ident}/acknowledge", None
 
 
 async def act(runtime: Runtime, token: str, message: dict[str, Any]) -> str:
     """Carry an escalation action to command-centre with the user's own token; answer its verdict.
 
-    Command-centre decides who may do what, so the WebSocket and REST can never disagree.
+    Command-centre decides who may do what, so the WebSocket and REST can never disagree. The
+    answer echoes the client's `ref` so a page can match it to the button that asked.
     """
-    action, ident = message.get("action"), message.get("id")
-    result: dict[str, Any] = {"type": "act_result", "id": ident, "action": action}
-    if action not in ACTIONS or not isinstance(ident, str):
-        return orjson.dumps(
-            {**result, "status": 400, "detail": f"action must be one of {sorted(ACTIONS)}"}
-        ).decode()
-    body = {"text": message.get("text") or ""} if action == "note" else {}
+    result: dict[str, Any] = {"type": "act_result", "id": message.get("id"), "action": message.get("action")}
+    if message.get("ref") is not None:
+        result["ref"] = message["ref"]
+    request = _act_request(message)
+    if isinstance(request, str):
+        return orjson.dumps({**result, "status": 400, "detail": request}).decode()
+    path, body = request
     client: httpx.AsyncClient = runtime.extra["command_centre"]
     try:
-        response = await client.post(
-            f"/v1/escalations/{ident}/{ACTIONS[action]}",
-            json=body or None,
-            headers={"Authorization": f"Bearer {token}"},
-        )
+        response = await client.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError as exc:
         return orjson.dumps(
             {**result, "status": 503, "detail": f"command centre unreachable: {exc}"}
         ).decode()
     answer = response.json() if response.headers.get("content-type", "").endswith("json") else {}
     if response.is_success:
+        result["id"] = answer.get("id", result["id"])
         return orjson.dumps({**result, "status": response.status_code, "escalation": answer}).decode()
-    return orjson.dumps({**result, "status": response.status_code, "detail": answer.get("detail")}).decode()
+    result.update(status=response.status_code, detail=answer.get("detail"))
+    if answer.get("errors"):
+        result["errors"] = answer["errors"]
+    return orjson.dumps(result).decode()
 
 
 @router.websocket("/v1/stream")

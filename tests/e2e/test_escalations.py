@@ -185,6 +185,42 @@ async def test_acting_over_the_websocket(stack: Stack, test_secrets: Secrets) ->
     await display.close()
 
 
+async def test_raising_and_refusals_over_the_websocket(stack: Stack, test_secrets: Secrets) -> None:
+    manager = await StreamClient.connect(
+        stack.url_of("gateway"), token(test_secrets, Role.site_manager, "site:RXN01"), "site:RXN01"
+    )
+    await manager.next("snapshot")
+
+    async def act(**message: object) -> dict:
+        await manager.ws.send(orjson.dumps({"type": "act", **message}).decode())
+        result = await manager.next("act_result")
+        assert result["ref"] == message.get("ref"), result
+        return result
+
+    raised = await act(
+        ref="r1", action="raise", scope="site:RXN01", reason="CT scanner down", severity="high"
+    )
+    assert raised["status"] == 201, raised
+    ident = raised["id"]
+    assert raised["escalation"]["tier"] == "site" and raised["escalation"]["severity"] == "high"
+    await manager.until(lambda d: (d.get("escalation") or {}).get("id") == ident)
+
+    noted = await act(ref=2, action="note", id=ident, text="engineer on the way")
+    assert noted["status"] == 200, noted
+    resolved = await act(ref="r3", action="resolve", id=ident, text="scanner back")
+    assert resolved["status"] == 200 and resolved["escalation"]["status"] == "resolved", resolved
+
+    assert (await act(ref="r4", action="acknowledge"))["status"] == 400  # no id
+    assert (await act(ref="r5", action="delete", id=ident))["status"] == 400
+    bad_scope = await act(ref="r6", action="raise", scope="ward:NOPE", reason="x")
+    assert bad_scope["status"] == 404 and "ward:NOPE" in bad_scope["detail"], bad_scope
+    empty = await act(ref="r7", action="raise", scope="site:RXN01", reason="")
+    assert empty["status"] == 422 and empty["errors"], empty
+    elsewhere = await act(ref="r8", action="raise", scope="site:RXN02", reason="not mine")
+    assert elsewhere["status"] == 403, elsewhere
+    await manager.close()
+
+
 async def test_crash_before_the_deadline_promotes_exactly_once(stack: Stack, test_secrets: Secrets) -> None:
     centre = stack.url_of("command-centre")
     nurse = bearer(test_secrets, Role.ward_nurse, f"ward:{WARD}")
