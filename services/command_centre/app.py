@@ -23,7 +23,7 @@ from shared import problems, topics
 from shared.consumer import StoredOffsetConsumer
 from shared.opel import load_profile
 from shared.outbox import OutboxRelay
-from shared.runtime import Runtime, load_runtime
+from shared.runtime import Runtime, load_runtime, settle_heap
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             )
             runtime.extra["delivery"] = delivery
             tasks.append(asyncio.create_task(delivery.run(stop)))
+        settle_heap()
         try:
             yield
         finally:

@@ -12,7 +12,7 @@ from services.feeds.api import router
 from services.feeds.push import PushPolicy, PushWorker
 from shared import problems
 from shared.opel import load_profile
-from shared.runtime import Runtime, load_runtime
+from shared.runtime import Runtime, load_runtime, settle_heap
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
@@ -34,6 +34,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         runtime.extra.update(profile=profile, push=worker)
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
+        settle_heap()
         try:
             yield
         finally:

@@ -15,7 +15,7 @@ from services.gateway.live_state import LiveState
 from services.gateway.state_feed import StateFeed, seed_from_database
 from services.gateway.stream import router as stream_router
 from shared import problems
-from shared.runtime import CurrentRuntime, Runtime, load_runtime, readiness
+from shared.runtime import CurrentRuntime, Runtime, load_runtime, readiness, settle_heap
 
 STATIC = Path(__file__).parent / "static"
 HEARTBEAT_SECONDS = 10.0
@@ -45,6 +45,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         runtime.extra.update(live=live, feed=feed, command_centre=command_centre)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(feed.run(stop)), asyncio.create_task(_heartbeats(live, stop))]
+        settle_heap()
         try:
             yield
         finally:

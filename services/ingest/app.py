@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -20,7 +19,7 @@ from services.ingest.location_source import LocationMapSource
 from services.ingest.mllp import MllpServer, parse_allow_list
 from shared import problems
 from shared.outbox import OutboxRelay
-from shared.runtime import Runtime, load_runtime
+from shared.runtime import Runtime, load_runtime, settle_heap
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
@@ -58,10 +57,6 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         )
         hl7 = Hl7Intake(writer, runtime.db, locations, runtime.secrets.pseudonymisation_key)
         runtime.extra["hl7"] = hl7
-        # The modules loaded by now (FHIR models, the organisation) are some 10^5 long-lived objects that
-        # every full collection would walk again while a large batch allocates; keep them out of it.
-        gc.collect()
-        gc.freeze()
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(writer.run(), name="group-commit"),
@@ -79,6 +74,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             )
             await mllp.start()
             runtime.extra["mllp"] = mllp
+        settle_heap()
         try:
             yield
         finally:
