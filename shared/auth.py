@@ -130,7 +130,7 @@ def verify_token(secret: str, token: str) -> Principal:
 def sign_webhook(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
     """Headers a sender adds: HMAC-SHA256 over `timestamp.body`."""
     ts = str(int(time.time()) if timestamp is None else timestamp)
-    mac = hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    mac = hmac.digest(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hex()
     return {TIMESTAMP_HEADER: ts, SIGNATURE_HEADER: f"sha256={mac}"}
 
 

@@ -113,7 +113,7 @@ def _version_of(key: str, facts: EncounterFacts, resource: dict[str, Any] | None
     if facts.version_id:
         return facts.version_id
     canonical = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
-    return "sha256:" + hmac.new(key.encode(), canonical, hashlib.sha256).hexdigest()[:32]
+    return "sha256:" + hmac.digest(key.encode(), canonical, hashlib.sha256).hex()[:32]
 
 
 async def _apply(

@@ -132,7 +132,7 @@ def encounter_key(key: str, source: str, facts: EncounterFacts) -> str:
     ident = (
         f"{source}|Encounter/{facts.resource_id}" if facts.resource_id else f"{source}|V/{facts.visit_number}"
     )
-    return "fhir:" + hmac.new(key.encode(), ident.encode(), hashlib.sha256).hexdigest()[:32]
+    return "fhir:" + hmac.digest(key.encode(), ident.encode(), hashlib.sha256).hex()[:32]
 
 
 def acuity_of_priority(facts: EncounterFacts) -> int | None:

@@ -36,4 +36,4 @@ def content_event_id(key: str, namespace: uuid.UUID, content: str) -> uuid.UUID:
     Keyed like the pseudonyms: the content may hold an NHS number, and a plain hash of it would be
     published in the event id.
     """
-    return uuid.uuid5(namespace, hmac.new(key.encode(), content.encode(), hashlib.sha256).hexdigest())
+    return uuid.uuid5(namespace, hmac.digest(key.encode(), content.encode(), hashlib.sha256).hex())
