@@ -41,26 +41,39 @@ class OutboxEvent:
     event_type: str = ""
 
 
-async def append(conn: asyncpg.Connection, events: Sequence[OutboxEvent]) -> set[uuid.UUID]:
-    """Add events inside the caller's transaction; return the ids that were new (not duplicates)."""
+async def append(
+    conn: asyncpg.Connection, events: Sequence[OutboxEvent], *, locked: bool = False
+) -> set[uuid.UUID]:
+    """Add events inside the caller's transaction; return the ids that were new (not duplicates).
+
+    `locked`: the caller already holds `APPEND_LOCK` in this transaction (one round trip fewer).
+    """
     if not events:
         return set()
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
+    if not locked:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
+    # the relay is woken in the same statement, and only when something was new
     rows = await conn.fetch(
         """
-        INSERT INTO outbox (event_id, topic, key, value)
-        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])
-        ON CONFLICT (event_id) DO NOTHING
-        RETURNING event_id
+        WITH added AS (
+            INSERT INTO outbox (event_id, topic, key, value)
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])
+            ON CONFLICT (event_id) DO NOTHING
+            RETURNING event_id
+        ), woken AS (
+            SELECT pg_notify($5, '') WHERE EXISTS (SELECT 1 FROM added)
+        )
+        SELECT event_id FROM added
+        UNION ALL
+        SELECT NULL FROM woken
         """,
         [e.event_id for e in events],
         [e.topic for e in events],
         [e.key for e in events],
         [e.value for e in events],
+        NOTIFY_CHANNEL,
     )
-    if rows:
-        await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-    return {r["event_id"] for r in rows}
+    return {r["event_id"] for r in rows if r["event_id"] is not None}
 
 
 class OutboxRelay:

@@ -122,21 +122,28 @@ async def write_batch(conn: asyncpg.Connection, batch: Sequence[Inbound]) -> set
         kept.append(item)
     if not kept:
         return set()
-    ids = await conn.fetch(
-        "SELECT nextval(pg_get_serial_sequence('raw_message', 'id')) FROM generate_series(1, $1)", len(kept)
-    )
-    for item, row in zip(kept, ids, strict=True):
-        item.raw_id = int(row[0])
-    await conn.execute(
+    # one statement: the append lock (held to the commit), the raw messages' ids, in order, and their rows
+    rows = await conn.fetch(
         """
-        INSERT INTO raw_message (id, source, endpoint, content_type, body, event_count)
-        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int[])
+        WITH locked AS MATERIALIZED (
+            SELECT pg_advisory_xact_lock($6)
+        ), numbered AS MATERIALIZED (
+            SELECT nextval(pg_get_serial_sequence('raw_message', 'id')) AS id, u.*
+            FROM locked, unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int[])
+                WITH ORDINALITY AS u(source, endpoint, content_type, body, event_count, n)
+        ), written AS (
+            INSERT INTO raw_message (id, source, endpoint, content_type, body, event_count)
+            SELECT id, source, endpoint, content_type, body, event_count FROM numbered
+        )
+        SELECT id FROM numbered ORDER BY n
         """,
-        [i.raw_id for i in kept],
         [i.source for i in kept],
         [i.endpoint for i in kept],
         [i.content_type for i in kept],
         [i.body for i in kept],
         [len(i.events) for i in kept],
+        APPEND_LOCK,
     )
-    return await append(conn, [e for i in kept for e in i.events])
+    for item, row in zip(kept, rows, strict=True):
+        item.raw_id = int(row[0])
+    return await append(conn, [e for i in kept for e in i.events], locked=True)
