@@ -128,9 +128,14 @@ class OutboxRelay:
         prod = producer(self.bootstrap)
         try:
             await prod.start()
-            last_id = await self._position(conn, await probe.current())
-            pruned_at = 0.0
             loop = asyncio.get_running_loop()
+            # The incarnation the position is for, and when the marker was last read. Nothing is sent without
+            # reading the marker just before (a batch must not reach a new, empty log ahead of the older rows
+            # that are republished to it) and after; an idle wake-up reads it only when a second has passed.
+            known = await probe.current()
+            probed_at = loop.time()
+            last_id = await self._position(conn, known)
+            pruned_at = 0.0
             while not stop.is_set():
                 self._wake.clear()
                 rows = await conn.fetch(
@@ -145,9 +150,17 @@ class OutboxRelay:
                     # NOTIFY wakes us at once; the timeout also notices a broker reset while idle
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), 1.0)
-                    last_id = await self._position(conn, await probe.current())
+                    if loop.time() - probed_at >= 1.0:
+                        known = await probe.current()
+                        probed_at = loop.time()
+                        last_id = await self._position(conn, known)
                     continue
                 before = await probe.current()
+                if before != known:
+                    # the broker lost its log while we were idle: start again from the oldest retained row
+                    known = before
+                    last_id = await self._position(conn, before)
+                    continue
                 futures = [
                     await prod.send(
                         r["topic"],
@@ -159,8 +172,10 @@ class OutboxRelay:
                 ]
                 await asyncio.gather(*futures)
                 after = await probe.current()
+                probed_at = loop.time()
                 if after != before:
                     log.warning("broker changed incarnation during a batch; republishing retained outbox")
+                    known = after
                     last_id = await self._position(conn, after)
                     continue
                 last_id = rows[-1]["id"]
