@@ -7,7 +7,7 @@ import uuid
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from shared import topics
-from shared.events import BedStatus, BedStatusChanged, Envelope
+from shared.events import BedStatus, BedStatusChanged, Envelope, name_based_id
 from shared.organisation import Organisation
 from shared.outbox import OutboxEvent
 from shared.problems import Problem, validation_problem
@@ -46,7 +46,7 @@ def to_event(body: BedEventIn, *, source: str, org: Organisation) -> OutboxEvent
             f"bed {body.bed_id!r} is not a bed of ward {ward.id!r}",
             errors=[{"field": "bed_id", "message": "not in the organisation model for this ward"}],
         )
-    event_id = body.event_id or uuid.uuid5(
+    event_id = body.event_id or name_based_id(
         _CONTENT_NAMESPACE, f"{source}|{body.model_dump_json(exclude={'event_id'})}"
     )
     envelope = Envelope.wrap(

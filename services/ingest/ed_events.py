@@ -37,6 +37,7 @@ from shared.events import (
     EdSeen,
     Envelope,
     Payload,
+    name_based_id,
 )
 from shared.organisation import Organisation
 from shared.outbox import OutboxEvent
@@ -266,7 +267,7 @@ def to_events(body: EdEventIn, *, source: str, org: Organisation, key: str) -> l
         events.append(
             _event(
                 AmbulanceArrived(handover_id=handover, attendance_id=attendance),
-                uuid.uuid5(_NAMESPACE, f"{event_id}|ambulance.arrived"),
+                name_based_id(_NAMESPACE, f"{event_id}|ambulance.arrived"),
                 ambulance.arrived_at,
                 source,
                 site,
@@ -279,7 +280,7 @@ def to_events(body: EdEventIn, *, source: str, org: Organisation, key: str) -> l
                     AmbulanceHandedOver(
                         handover_id=handover, attendance_id=attendance, arrived_at=ambulance.arrived_at
                     ),
-                    uuid.uuid5(_NAMESPACE, f"{event_id}|ambulance.handed_over"),
+                    name_based_id(_NAMESPACE, f"{event_id}|ambulance.handed_over"),
                     ambulance.handover_at,
                     source,
                     site,

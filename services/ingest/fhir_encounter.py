@@ -48,6 +48,7 @@ from shared.events import (
     PatientPreadmitted,
     PatientTransferred,
     Payload,
+    name_based_id,
 )
 from shared.location_map import LocationMapper
 from shared.outbox import OutboxEvent
@@ -352,7 +353,7 @@ def map_encounter(
 
 
 def _event_id(state_key: str, version_id: str, n: int) -> uuid.UUID:
-    return uuid.uuid5(_NAMESPACE, f"{state_key}|{version_id}|{n}")
+    return name_based_id(_NAMESPACE, f"{state_key}|{version_id}|{n}")
 
 
 def _outbox(

@@ -52,6 +52,7 @@ from shared.events import (
     SwapSide,
     TemporaryMove,
     TransferCancelled,
+    name_based_id,
 )
 from shared.location_map import LocationMapper
 from shared.outbox import OutboxEvent
@@ -146,7 +147,7 @@ class _Mapping:
             self.mapper.site_for_facility(header.sending_facility) if header.sending_facility else None
         )
         self.message_key = f"{self.source}|{header.control_id}|{self.content_sha256.hex()}"
-        self.correlation_id = uuid.uuid5(_EVENT_NAMESPACE, self.message_key)
+        self.correlation_id = name_based_id(_EVENT_NAMESPACE, self.message_key)
         self.site_id = UNMAPPED_SITE
 
     def run(self) -> MappedAdt:
@@ -278,7 +279,7 @@ class _Mapping:
         self.envelopes.append(
             Envelope.wrap(
                 payload,
-                event_id=uuid.uuid5(_EVENT_NAMESPACE, f"{self.message_key}|{index}"),
+                event_id=name_based_id(_EVENT_NAMESPACE, f"{self.message_key}|{index}"),
                 occurred_at=occurred_at,
                 source=self.source,
                 site_id=self.site_id,

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import uuid
 
+from shared.events import name_based_id
 from shared.pseudonymise import IdKind, normalise, pseudonymise
 
 
@@ -36,4 +37,4 @@ def content_event_id(key: str, namespace: uuid.UUID, content: str) -> uuid.UUID:
     Keyed like the pseudonyms: the content may hold an NHS number, and a plain hash of it would be
     published in the event id.
     """
-    return uuid.uuid5(namespace, hmac.digest(key.encode(), content.encode(), hashlib.sha256).hex())
+    return name_based_id(namespace, hmac.digest(key.encode(), content.encode(), hashlib.sha256).hex())

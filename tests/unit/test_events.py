@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from shared.events import (
@@ -20,6 +22,7 @@ from shared.events import (
     WardBedCounts,
     WardStateChanged,
     json_schemas,
+    name_based_id,
     new_event_id,
 )
 
@@ -217,3 +220,8 @@ def test_new_event_ids_sort_by_creation_across_milliseconds() -> None:
     second = new_event_id()
     assert first < second
     assert (first.int >> 80) < (second.int >> 80)
+
+
+@given(namespace=st.uuids(), name=st.text())
+def test_name_based_id_is_uuid5(namespace: uuid.UUID, name: str) -> None:
+    assert name_based_id(namespace, name) == uuid.uuid5(namespace, name)
