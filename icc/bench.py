@@ -55,6 +55,7 @@ from shared.auth import SOURCE_HEADER, Role, mint_token, sign_webhook
 from shared.consumer import StoredOffsetConsumer
 from shared.db import create_pool, migrate
 from shared.events import BedStatus
+from shared.gc_tuning import tune_gc
 from shared.kafka import ensure_topics
 from shared.opel import load_profile
 from shared.organisation import Bed, Organisation, load_organisation
@@ -734,6 +735,9 @@ async def apply_rounds(env: Environment, bootstrap: str, cfg: Config) -> Compari
     )
     progress(f"apply rate: pre-loading {cfg.apply_events:,} events through the outbox relay")
     await preload_topic(env, bootstrap, cfg)
+    # the collector settings a service process runs with (shared/gc_tuning.py); the raw baseline
+    # runs in this same process, under the same settings
+    tune_gc()
     template = "bench_apply_template"
     await asyncio.to_thread(migrate, await create_database(env, template))
     for round_no in range(1, cfg.rounds + 1):

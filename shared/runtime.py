@@ -11,6 +11,7 @@ from fastapi.responses import ORJSONResponse
 
 from shared.auth import AuthError, Principal, Scope, exists, verify_token
 from shared.db import create_pool, ping
+from shared.gc_tuning import tune_gc
 from shared.kafka import broker_ready
 from shared.organisation import Organisation, load_organisation
 from shared.problems import Problem
@@ -40,6 +41,7 @@ class Runtime:
 
     async def start(self, *, pool_size: int = 10) -> None:
         self.pool = await create_pool(self.database_url, max_size=pool_size)
+        tune_gc()
 
     async def stop(self) -> None:
         if self.pool is not None:

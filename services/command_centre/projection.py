@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -183,30 +184,41 @@ class StateProjection:
             return
         for site_id in {d.envelope.site_id for d in known}:
             await self._live(conn, site_id)  # load (snapshot + tail) before this batch joins the log
-        rows = await conn.fetch(
-            """
-            INSERT INTO site_event (event_id, site_id, event_type, occurred_at, body)
-            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bytea[])
-            ON CONFLICT (event_id) DO NOTHING
-            RETURNING id, event_id, site_id
-            """,
-            [d.envelope.event_id for d in known],
-            [d.envelope.site_id for d in known],
-            [d.envelope.event_type for d in known],
-            [d.envelope.occurred_at for d in known],
-            [d.raw for d in known],
+        fresh: list[Delivery] = []
+        seen: set[uuid.UUID] = set()
+        for d in known:
+            if d.envelope.event_id not in seen:  # the same event twice in one batch: logged once
+                seen.add(d.envelope.event_id)
+                fresh.append(d)
+        # Ids first (one round trip), then a binary COPY: far cheaper than INSERT … RETURNING.
+        ids = await conn.fetchval(
+            "SELECT array_agg(v ORDER BY v) FROM "
+            "(SELECT nextval('site_event_id_seq') AS v FROM generate_series(1, $1)) AS n",
+            len(fresh),
         )
-        new = {r["event_id"] for r in rows}
-        last_id: dict[str, int] = defaultdict(int)
-        for r in rows:
-            last_id[r["site_id"]] = max(last_id[r["site_id"]], r["id"])
+        await conn.copy_records_to_table(
+            "site_event",
+            columns=("id", "event_id", "site_id", "event_type", "occurred_at", "body"),
+            records=[
+                (
+                    i,
+                    d.envelope.event_id,
+                    d.envelope.site_id,
+                    d.envelope.event_type,
+                    d.envelope.occurred_at,
+                    d.raw,
+                )
+                for i, d in zip(ids, fresh, strict=True)
+            ],
+        )
         changed: dict[str, set[str]] = defaultdict(set)
-        for delivery in known:
-            if delivery.envelope.event_id not in new:
-                continue  # the same event id came again (another route, or a replay): applied once
-            live = self.sites[delivery.envelope.site_id]
-            changed[delivery.envelope.site_id] |= live.state.apply(delivery.envelope)
+        last_id: dict[str, int] = {}
+        for i, delivery in zip(ids, fresh, strict=True):
+            site_id = delivery.envelope.site_id
+            live = self.sites[site_id]
+            changed[site_id] |= live.state.apply(delivery.envelope)
             live.since_snapshot += 1
+            last_id[site_id] = i
         now = self.clock()
         for site_id, wards in changed.items():
             live = self.sites[site_id]
