@@ -86,6 +86,21 @@ class LiveSite:
     declared: DeclaredLevel | None = None
 
 
+def _unpickle(site_id: str, snapshot: asyncpg.Record) -> dict[str, Any] | None:
+    """A snapshot's registers, or None (rebuild from the whole log) when it cannot be used."""
+    if snapshot["format"] != SNAPSHOT_FORMAT:
+        return None
+    try:
+        registers = pickle.loads(snapshot["state"])
+    except Exception as exc:  # damaged, or written by code whose classes have since changed
+        log.warning("site %s: snapshot unreadable (%r); rebuilding from the event log", site_id, exc)
+        return None
+    if not isinstance(registers, dict) or set(registers) != set(_REGISTERS):
+        log.warning("site %s: snapshot holds other registers; rebuilding from the event log", site_id)
+        return None
+    return registers
+
+
 def history_values(metrics: SiteMetrics) -> dict[str, float | None]:
     return {k: (float(v) if v is not None else None) for k, v in metrics.opel_inputs().items()}
 
@@ -137,8 +152,9 @@ class StateProjection:
         snapshot = await conn.fetchrow(
             "SELECT last_event_id, format, state FROM site_snapshot WHERE site_id = $1", site_id
         )
-        if snapshot is not None and snapshot["format"] == SNAPSHOT_FORMAT:
-            for name, value in pickle.loads(snapshot["state"]).items():
+        registers = _unpickle(site_id, snapshot) if snapshot is not None else None
+        if registers is not None:
+            for name, value in registers.items():
                 setattr(state, name, value)
             live.last_event_id = snapshot["last_event_id"]
         async with conn.transaction():
