@@ -179,6 +179,7 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from icc.stack import DEFAULT_MLLP_PORT, SERVICES, Stack
     from shared.auth import Role, mint_token
+    from shared.organisation import load_organisation
     from shared.secrets_store import load_or_create
 
     if "ICC_MLLP_PORT" not in os.environ:
@@ -201,11 +202,16 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         stack.start_services()
         if not args.no_simulator:
             stack.start_service("simulator", "--rate", str(args.rate))
+        org = load_organisation(settings.org_file)
         token = mint_token(
             secrets.jwt_secret,
             subject="wall-display",
             role=Role.wall_display,
-            scopes=[f"system:{_system_id(settings)}"],
+            scopes=[f"system:{org.system.id}"],
+        )
+        first_site = f"site:{org.sites[0].id}"
+        manager = mint_token(
+            secrets.jwt_secret, subject="site-manager", role=Role.site_manager, scopes=[first_site]
         )
         print()
         for name in SERVICES:
@@ -214,8 +220,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             host, port = stack.mllp_address
             print(f"  {'HL7 over MLLP':<15} tcp://{host}:{port} (source per ICC_MLLP_SOURCES)")
         print(f"\nWall display:  {stack.url_of('gateway')}/#token={token}")
-        print(f"Tablet view:   {stack.url_of('gateway')}/tablet (a site_manager token; see below)")
-        print("Live feed in a terminal: `icc watch --site RXN01`.")
+        print(f"Tablet view:   {stack.url_of('gateway')}/tablet#token={manager}&scope={first_site}")
+        print(f"Live feed in a terminal: `icc watch --site {org.sites[0].id}`.")
         print(f"Dev credentials (JWT key, webhook secrets): {settings.resolved_secrets_file.resolve()}")
         print("Mint more tokens with `icc token --role site_manager --scope site:RXN01`.")
         print("Ctrl-C stops everything.")
