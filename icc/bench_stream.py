@@ -44,8 +44,7 @@ from icc.bench import (
     running_stack,
     send_steadily,
 )
-from icc.embedded import free_port, wait_for_port
-from icc.stack import _die_with_parent
+from icc.embedded import die_with_parent, free_port, wait_for_port
 from shared.auth import Role, mint_token
 
 WEBHOOK_PATH = "/v1/bed-events"
@@ -86,7 +85,7 @@ def bare_process() -> Iterator[int]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "icc.bench_stream", "--bare-server", str(port)],
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
         stdin=subprocess.DEVNULL,
     )
     try:
