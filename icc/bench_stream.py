@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import multiprocessing
 import os
@@ -93,10 +94,11 @@ async def bare_server(port: int, control_port: int) -> None:
     subscribers: set[websockets.ServerConnection] = set()
 
     async def subscriber(ws: websockets.ServerConnection) -> None:
-        async for frame in ws:
-            if frame == "sub":
-                subscribers.add(ws)
-                await ws.send("ok")
+        with contextlib.suppress(websockets.ConnectionClosed):  # clients leave without a close frame
+            async for frame in ws:
+                if frame == "sub":
+                    subscribers.add(ws)
+                    await ws.send("ok")
         subscribers.discard(ws)
 
     async def publisher(ws: websockets.ServerConnection) -> None:
@@ -137,35 +139,119 @@ def bare_processes(count: int) -> Iterator[tuple[int, list[int]]]:
 # -- the load generator: client processes ------------------------------------------------------
 
 
-class Client:
-    """One connection; its reader only timestamps frames (decoded after the round)."""
+class Client(asyncio.Protocol):
+    """One WebSocket connection, spoken at the frame level: a load generator built on a full client
+    library spends more time per frame than the servers it measures. Frames are timestamped when
+    their bytes arrive and decoded after the round; pings are answered, nothing else is interpreted.
+    """
 
-    def __init__(self, ws: websockets.ClientConnection, owner: ClientWorker) -> None:
-        self.ws = ws
+    def __init__(self, owner: ClientWorker) -> None:
         self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.upgraded = False
         self.frames: list[tuple[float, bytes]] = []
-        self.reader = asyncio.create_task(self._read())
+        self.arrived = asyncio.Event()
+        self.closed = asyncio.get_running_loop().create_future()
+        self.open = asyncio.get_running_loop().create_future()
 
-    async def _read(self) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            while True:
-                frame = await self.ws.recv(decode=False)
-                at = time.perf_counter()
-                self.frames.append((at, frame))  # type: ignore[arg-type]
-                if len(frame) > BIG_FRAME:
-                    self.owner.last_big = at
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if not self.open.done():
+            self.open.set_exception(ConnectionError("closed during the handshake"))
+        self.arrived.set()
+
+    def data_received(self, data: bytes) -> None:
+        at = time.perf_counter()
+        buffer = self.buffer
+        buffer += data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buffer.startswith(b"HTTP/1.1 101"):
+                self.close()
+                return
+            del buffer[: end + 4]
+            self.upgraded = True
+            self.open.set_result(None)
+        start, size, big = 0, len(buffer), False
+        while size - start >= 2:
+            opcode, length = buffer[start] & 0x0F, buffer[start + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if size - start < 4:
+                    break
+                length, head = int.from_bytes(buffer[start + 2 : start + 4]), 4
+            elif length == 127:
+                if size - start < 10:
+                    break
+                length, head = int.from_bytes(buffer[start + 2 : start + 10]), 10
+            if size - start < head + length:
+                break
+            payload = bytes(buffer[start + head : start + head + length])
+            start += head + length
+            if opcode in (1, 2):
+                self.frames.append((at, payload))
+                big = big or length > BIG_FRAME
+            elif opcode == 9:
+                self.send(payload, opcode=10)
+            elif opcode == 8:
+                self.close()
+        del buffer[:start]
+        if big:
+            self.owner.last_big = at
+        self.arrived.set()
+
+    def send(self, payload: bytes, *, opcode: int = 1) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        n = len(payload)
+        if n < 126:
+            head = bytes([0x80 | opcode, 0x80 | n])
+        elif n < 65536:
+            head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2)
+        else:
+            head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8)
+        mask = os.urandom(4)
+        key = int.from_bytes((mask * (n // 4 + 1))[:n])
+        body = (int.from_bytes(payload) ^ key).to_bytes(n) if n else b""
+        self.transport.write(head + mask + body)
+
+    async def next_frame(self, timeout: float) -> bytes:
+        async with asyncio.timeout(timeout):
+            while not self.frames:
+                if self.closed.done():
+                    raise ConnectionError("closed by the server")
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.frames.pop(0)[1]
+
+    @property
+    def held(self) -> bool:
+        return not self.closed.done()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
 
 
-async def _connect(url: str) -> websockets.ClientConnection:
-    return await websockets.connect(
-        url,
-        open_timeout=300,
-        ping_interval=None,  # ICC clients ping in the protocol; the bare server pings itself
-        compression=None,
-        max_size=None,
-        max_queue=None,
-        proxy=None,
+async def open_client(owner: ClientWorker, port: int, path: str) -> Client:
+    loop = asyncio.get_running_loop()
+    _, client = await loop.create_connection(lambda: Client(owner), "127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
+    assert client.transport is not None
+    client.transport.write(request.encode())
+    await asyncio.wait_for(client.open, 300)  # a server may drop frames sent before its answer
+    return client
 
 
 class ClientWorker:
@@ -178,18 +264,23 @@ class ClientWorker:
         self.failures: list[str] = []
 
     async def connect_icc(self, url: str, token: str, count: int) -> int:
-        scope = f"site:{LATENCY_SITE}"
+        port = int(url.rsplit(":", 1)[1])
+        auth = orjson.dumps({"type": "auth", "token": token})
+        subscribe = orjson.dumps({"type": "subscribe", "scope": f"site:{LATENCY_SITE}"})
         gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
 
         async def one() -> Client:
             async with gate:
-                ws = await _connect(url.replace("http", "ws", 1) + "/v1/stream")
-                await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
-                await ws.send(orjson.dumps({"type": "subscribe", "scope": scope}).decode())
-                async with asyncio.timeout(300):
-                    while orjson.loads(await ws.recv(decode=False))["type"] != "snapshot":
+                client = await open_client(self, port, "/v1/stream")
+                try:
+                    client.send(auth)
+                    client.send(subscribe)
+                    while orjson.loads(await client.next_frame(300))["type"] != "snapshot":
                         pass
-                return Client(ws, self)
+                except BaseException:
+                    client.close()
+                    raise
+                return client
 
         return await self._connect_all(one, count, ping=True)
 
@@ -198,10 +289,12 @@ class ClientWorker:
 
         async def one() -> Client:
             async with gate:
-                ws = await _connect(f"ws://127.0.0.1:{port}")
-                await ws.send("sub")
-                assert await ws.recv() == "ok"
-                return Client(ws, self)
+                client = await open_client(self, port, "/")
+                client.send(b"sub")
+                if await client.next_frame(300) != b"ok":
+                    client.close()
+                    raise ConnectionError("the bare server did not confirm the subscription")
+                return client
 
         return await self._connect_all(one, count, ping=False)
 
@@ -214,11 +307,10 @@ class ClientWorker:
         return len(self.clients)
 
     async def _ping(self) -> None:
-        ping = orjson.dumps({"type": "ping"}).decode()
+        ping = orjson.dumps({"type": "ping"})
         while True:
             for client in self.clients:
-                with contextlib.suppress(websockets.ConnectionClosed):
-                    await client.ws.send(ping)
+                client.send(ping)
             await asyncio.sleep(PING_SECONDS)
 
     def clear(self) -> None:
@@ -227,7 +319,7 @@ class ClientWorker:
         self.last_big = 0.0
 
     def held(self) -> int:
-        return sum(1 for c in self.clients if not c.reader.done())
+        return sum(1 for c in self.clients if c.held)
 
     def icc_latencies(self, sent: list[Sent]) -> list[float | None]:
         """For every (client, change): ms from the change's 202 to the first ward delta showing it."""
@@ -275,9 +367,8 @@ class ClientWorker:
     async def close(self) -> None:
         if self.pinger is not None:
             self.pinger.cancel()
-        await asyncio.gather(*(c.ws.close() for c in self.clients), return_exceptions=True)
         for client in self.clients:
-            client.reader.cancel()
+            client.close()
         self.clients = []
 
 
@@ -424,7 +515,8 @@ async def sample_frames(
 ) -> list[dict[str, Any]]:
     """The frames the gateway sends a site's watchers for one bed change: a ward delta and (when the
     site's figures change) a summary delta; the baseline sends frames of the same size."""
-    async with await _connect(gateway_url.replace("http", "ws", 1) + "/v1/stream") as ws:
+    stream_url = gateway_url.replace("http", "ws", 1) + "/v1/stream"
+    async with websockets.connect(stream_url, compression=None, proxy=None, max_size=None) as ws:
         await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
         await ws.send(orjson.dumps({"type": "subscribe", "scope": f"site:{LATENCY_SITE}"}).decode())
         async with asyncio.timeout(60):
