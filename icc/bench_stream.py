@@ -573,10 +573,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--clients", default="100,1000", help="comma-separated client counts")
+    parser.add_argument("--clients", default="100,1000,10000", help="comma-separated client counts")
     parser.add_argument(
         "--rate",
-        default="10",
+        default="10,10,1",
         help="bed changes per second (steady, open-loop): one for every count, or one per count",
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured round")
