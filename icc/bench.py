@@ -297,11 +297,18 @@ async def drop_database(env: Environment, name: str) -> None:
 
 @contextlib.contextmanager
 def running_stack(
-    env: Environment, name: str, broker: Broker, services: tuple[str, ...], cfg: Config
+    env: Environment,
+    name: str,
+    broker: Broker,
+    services: tuple[str, ...],
+    cfg: Config,
+    *,
+    gateway_workers: int = 1,
 ) -> Iterator[Stack]:
     """The named services as separate processes, as `icc up` starts them, on a database of their own."""
     database_url = run(create_database(env, name))
-    stack = Stack(env.settings(name, database_url, broker.bootstrap, cfg.partitions))
+    settings = env.settings(name, database_url, broker.bootstrap, cfg.partitions)
+    stack = Stack(settings.model_copy(update={"gateway_workers": gateway_workers}))
     try:
         stack.start_infrastructure()
         for service in services:

@@ -17,11 +17,31 @@ from shared.settings import Settings
 log = logging.getLogger("icc")
 
 
-def _serve(app_path: str, port: int, settings: Settings) -> int:
+def _serve(app_path: str, port: int, settings: Settings, *, workers: int = 1) -> int:
     import uvicorn
 
-    uvicorn.run(app_path, factory=True, host=settings.host, port=port, log_level="info", ws_max_size=65536)
+    uvicorn.run(
+        app_path,
+        factory=True,
+        host=settings.host,
+        port=port,
+        log_level="info",
+        ws_max_size=65536,
+        workers=workers,
+    )
     return 0
+
+
+def _raise_open_file_limit() -> None:
+    """Every WebSocket is an open file: allow as many as the hard limit does."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # an unlimited hard limit the kernel will not grant
+            log.warning("open-file limit stays at %d: %s", soft, exc)
 
 
 def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
@@ -31,6 +51,10 @@ def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
         "gateway": ("services.gateway.app:create_app", settings.gateway_port),
         "feeds": ("services.feeds.app:create_app", settings.feeds_port),
     }[args.command]
+    if args.command == "gateway":
+        _raise_open_file_limit()
+        # each worker is a whole gateway replica: its own state, its own reading of the topics
+        return _serve(target[0], args.port or target[1], settings, workers=settings.gateway_workers)
     return _serve(target[0], args.port or target[1], settings)
 
 

@@ -112,10 +112,13 @@ class OutboxRelay:
 
     async def _relay(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
         probe = IncarnationProbe(self.bootstrap, self.partitions)
-        prod = producer(self.bootstrap)
+        # No linger: a batch is sent in one go and awaited as a whole, so waiting for more records
+        # only delays it; records that arrive while a request is in flight are batched anyway.
+        prod = producer(self.bootstrap, linger_ms=0)
         try:
             await prod.start()
-            last_id = await self._position(conn, await probe.current())
+            incarnation = await probe.current()
+            last_id = await self._position(conn, incarnation)
             pruned_at = 0.0
             loop = asyncio.get_running_loop()
             while not stop.is_set():
@@ -132,9 +135,18 @@ class OutboxRelay:
                     # NOTIFY wakes us at once; the timeout also notices a broker reset while idle
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), 1.0)
-                    last_id = await self._position(conn, await probe.current())
+                    if not self._wake.is_set():
+                        # idle for a second: look for a broker reset (a batch is checked anyway)
+                        incarnation = await probe.current()
+                        last_id = await self._position(conn, incarnation)
                     continue
+                # Never send to a log other than the one `last_id` belongs to: a new, empty log
+                # must get the retained outbox from its start, in order.
                 before = await probe.current()
+                if before != incarnation:
+                    incarnation = before
+                    last_id = await self._position(conn, before)
+                    continue
                 futures = [
                     await prod.send(
                         r["topic"],
@@ -145,9 +157,11 @@ class OutboxRelay:
                     for r in rows
                 ]
                 await asyncio.gather(*futures)
+                # a broker that reset during the batch may have lost part of it: publish again
                 after = await probe.current()
-                if after != before:
+                if after != incarnation:
                     log.warning("broker changed incarnation during a batch; republishing retained outbox")
+                    incarnation = after
                     last_id = await self._position(conn, after)
                     continue
                 last_id = rows[-1]["id"]
