@@ -27,6 +27,9 @@ def _serve(app_path: str, port: int, settings: Settings, *, workers: int = 1) ->
         port=port,
         log_level="info",
         ws_max_size=65536,
+        # Stream frames are small JSON deltas sent to many screens at once: compressing every frame
+        # again for every connection would cost the gateway CPU in proportion to its clients.
+        ws_per_message_deflate=False,
         workers=workers,
     )
     return 0
