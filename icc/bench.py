@@ -59,6 +59,7 @@ from shared.kafka import ensure_topics
 from shared.opel import load_profile
 from shared.organisation import Bed, Organisation, load_organisation
 from shared.outbox import OutboxEvent, OutboxRelay, append
+from shared.runtime import settle_heap
 from shared.secrets_store import Secrets, load_or_create
 from shared.settings import Settings
 
@@ -296,11 +297,18 @@ async def drop_database(env: Environment, name: str) -> None:
 
 @contextlib.contextmanager
 def running_stack(
-    env: Environment, name: str, broker: Broker, services: tuple[str, ...], cfg: Config
+    env: Environment,
+    name: str,
+    broker: Broker,
+    services: tuple[str, ...],
+    cfg: Config,
+    *,
+    gateway_workers: int = 1,
 ) -> Iterator[Stack]:
     """The named services as separate processes, as `icc up` starts them, on a database of their own."""
     database_url = run(create_database(env, name))
-    stack = Stack(env.settings(name, database_url, broker.bootstrap, cfg.partitions))
+    settings = env.settings(name, database_url, broker.bootstrap, cfg.partitions)
+    stack = Stack(settings.model_copy(update={"gateway_workers": gateway_workers}))
     try:
         stack.start_infrastructure()
         for service in services:
@@ -734,6 +742,9 @@ async def apply_rounds(env: Environment, bootstrap: str, cfg: Config) -> Compari
     )
     progress(f"apply rate: pre-loading {cfg.apply_events:,} events through the outbox relay")
     await preload_topic(env, bootstrap, cfg)
+    # the collector settings a service process runs with (`settle_heap`); the raw baseline runs in
+    # this same process, under the same settings
+    settle_heap()
     template = "bench_apply_template"
     await asyncio.to_thread(migrate, await create_database(env, template))
     for round_no in range(1, cfg.rounds + 1):

@@ -17,11 +17,34 @@ from shared.settings import Settings
 log = logging.getLogger("icc")
 
 
-def _serve(app_path: str, port: int, settings: Settings) -> int:
+def _serve(app_path: str, port: int, settings: Settings, *, workers: int = 1) -> int:
     import uvicorn
 
-    uvicorn.run(app_path, factory=True, host=settings.host, port=port, log_level="info", ws_max_size=65536)
+    uvicorn.run(
+        app_path,
+        factory=True,
+        host=settings.host,
+        port=port,
+        log_level="info",
+        ws_max_size=65536,
+        # Stream frames are small JSON deltas sent to many screens at once: compressing every frame
+        # again for every connection would cost the gateway CPU in proportion to its clients.
+        ws_per_message_deflate=False,
+        workers=workers,
+    )
     return 0
+
+
+def _raise_open_file_limit() -> None:
+    """Every WebSocket is an open file: allow as many as the hard limit does."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # an unlimited hard limit the kernel will not grant
+            log.warning("open-file limit stays at %d: %s", soft, exc)
 
 
 def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
@@ -31,6 +54,10 @@ def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
         "gateway": ("services.gateway.app:create_app", settings.gateway_port),
         "feeds": ("services.feeds.app:create_app", settings.feeds_port),
     }[args.command]
+    if args.command == "gateway":
+        _raise_open_file_limit()
+        # each worker is a whole gateway replica: its own state, its own reading of the topics
+        return _serve(target[0], args.port or target[1], settings, workers=settings.gateway_workers)
     return _serve(target[0], args.port or target[1], settings)
 
 
@@ -179,6 +206,7 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from icc.stack import DEFAULT_MLLP_PORT, SERVICES, Stack
     from shared.auth import Role, mint_token
+    from shared.organisation import load_organisation
     from shared.secrets_store import load_or_create
 
     if "ICC_MLLP_PORT" not in os.environ:
@@ -201,11 +229,16 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         stack.start_services()
         if not args.no_simulator:
             stack.start_service("simulator", "--rate", str(args.rate))
+        org = load_organisation(settings.org_file)
         token = mint_token(
             secrets.jwt_secret,
             subject="wall-display",
             role=Role.wall_display,
-            scopes=[f"system:{_system_id(settings)}"],
+            scopes=[f"system:{org.system.id}"],
+        )
+        first_site = f"site:{org.sites[0].id}"
+        manager = mint_token(
+            secrets.jwt_secret, subject="site-manager", role=Role.site_manager, scopes=[first_site]
         )
         print()
         for name in SERVICES:
@@ -214,8 +247,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             host, port = stack.mllp_address
             print(f"  {'HL7 over MLLP':<15} tcp://{host}:{port} (source per ICC_MLLP_SOURCES)")
         print(f"\nWall display:  {stack.url_of('gateway')}/#token={token}")
-        print(f"Tablet view:   {stack.url_of('gateway')}/tablet (a site_manager token; see below)")
-        print("Live feed in a terminal: `icc watch --site RXN01`.")
+        print(f"Tablet view:   {stack.url_of('gateway')}/tablet#token={manager}&scope={first_site}")
+        print(f"Live feed in a terminal: `icc watch --site {org.sites[0].id}`.")
         print(f"Dev credentials (JWT key, webhook secrets): {settings.resolved_secrets_file.resolve()}")
         print("Mint more tokens with `icc token --role site_manager --scope site:RXN01`.")
         print("Ctrl-C stops everything.")

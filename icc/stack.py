@@ -85,6 +85,7 @@ class Stack:
             ICC_INGEST_PORT=str(self.settings.ingest_port),
             ICC_COMMAND_CENTRE_PORT=str(self.settings.command_centre_port),
             ICC_GATEWAY_PORT=str(self.settings.gateway_port),
+            ICC_GATEWAY_WORKERS=str(self.settings.gateway_workers),
             ICC_FEEDS_PORT=str(self.settings.feeds_port),
             ICC_FEEDS_POLL_SECONDS=str(self.settings.feeds_poll_seconds),
             ICC_FEEDS_MAX_ATTEMPTS=str(self.settings.feeds_max_attempts),

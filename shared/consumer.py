@@ -17,7 +17,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 import asyncpg
 import orjson
@@ -33,14 +33,19 @@ from shared.supervise import supervise
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(NamedTuple):
+    """One decoded record, as a handler sees it (a tuple: built once per event, cheaply)."""
+
     topic: str
     partition: int
     offset: int
     outbox_id: int
     envelope: Envelope
     raw: bytes = b""
+
+
+Batch = dict[TopicPartition, list[Any]]  # aiokafka's getmany: records by partition
+Decoded = dict[TopicPartition, list["Envelope | str"]]  # each record's envelope, or why it has none
 
 
 class BatchHandler(Protocol):
@@ -168,17 +173,23 @@ class StoredOffsetConsumer:
             self.running = True
             loop = asyncio.get_running_loop()
             checked = loop.time()
-            while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
-                records = [r for rs in batch.values() for r in rs]
-                if records:
-                    async with self.applying:
-                        await self._apply(records)
-                    for listener in self.stats.listeners:
-                        await listener()
-                elif loop.time() - checked > 2.0:
-                    checked = loop.time()
-                    await self._check_incarnation()
+            # One batch commits while the next is fetched and decoded: the database works on one
+            # core while this process decodes on the other. Commits stay strictly in order.
+            committing: asyncio.Task[None] | None = None
+            try:
+                while not stop.is_set():
+                    batch = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                    if batch:
+                        decoded = {tp: [_decode(r) for r in records] for tp, records in batch.items()}
+                        if committing is not None:
+                            await committing
+                        committing = asyncio.create_task(self._apply_in_order(batch, decoded))
+                    elif loop.time() - checked > 2.0:
+                        checked = loop.time()
+                        await self._check_incarnation()
+            finally:
+                if committing is not None:
+                    await committing  # a batch in flight finishes (or raises) before the client stops
         finally:
             self.running = False
             self._consumer = None
@@ -192,38 +203,39 @@ class StoredOffsetConsumer:
             async with self.applying:
                 await self.restore(list(self._consumer.assignment()))
 
-    async def _apply(self, records: list) -> None:  # type: ignore[type-arg]
+    async def _apply_in_order(self, batch: Batch, decoded: Decoded) -> None:
+        async with self.applying:
+            await self._apply(batch, decoded)
+        for listener in self.stats.listeners:
+            await listener()
+
+    async def _apply(self, batch: Batch, decoded: Decoded) -> None:
+        """Positions are checked here, in commit order, not when decoding: a rebalance may have
+        moved them in between."""
         deliveries: list[Delivery] = []
         dead: list[OutboxEvent] = []
         touched: dict[TopicPartition, _PartitionPosition] = {}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
+        for tp, records in batch.items():
             position = self.positions.get(tp)
-            if position is None or record.offset < position.next_offset:
-                continue  # not (yet) restored, or fetched before the seek: it will come again
-            outbox_id = _outbox_id(record.headers)
-            position.next_offset = record.offset + 1
-            touched[tp] = position
-            if outbox_id is not None and outbox_id <= position.outbox_hw:
-                self.stats.skipped_duplicates += 1
-                continue
-            if outbox_id is not None:
-                position.outbox_hw = outbox_id
-            try:
-                envelope = Envelope.from_json(record.value)
-            except (ValidationError, ValueError) as exc:
-                dead.append(_dead_letter(record, f"undecodable: {exc}"))
-                continue
-            deliveries.append(
-                Delivery(
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    outbox_id or 0,
-                    envelope,
-                    bytes(record.value),
+            if position is None:
+                continue  # not (yet) restored: it will come again
+            for record, envelope in zip(records, decoded[tp], strict=True):
+                if record.offset < position.next_offset:
+                    continue  # fetched before the seek: it will come again
+                outbox_id = _outbox_id(record.headers)
+                position.next_offset = record.offset + 1
+                touched[tp] = position
+                if outbox_id is not None and outbox_id <= position.outbox_hw:
+                    self.stats.skipped_duplicates += 1
+                    continue
+                if outbox_id is not None:
+                    position.outbox_hw = outbox_id
+                if isinstance(envelope, str):
+                    dead.append(_dead_letter(record, envelope))
+                    continue
+                deliveries.append(
+                    Delivery(tp.topic, tp.partition, record.offset, outbox_id or 0, envelope, record.value)
                 )
-            )
 
         for attempt in range(1, self.max_attempts + 1):
             try:
@@ -287,6 +299,14 @@ class StoredOffsetConsumer:
         self.stats.applied += applied
         self.stats.dead_lettered += len(dead)
         self.stats.batches += 1
+
+
+def _decode(record: object) -> Envelope | str:
+    """The record's envelope, or why it cannot be one (the record is then dead-lettered)."""
+    try:
+        return Envelope.from_json(getattr(record, "value", b"") or b"")
+    except (ValidationError, ValueError) as exc:
+        return f"undecodable: {exc}"
 
 
 def _outbox_id(headers: Sequence[tuple[str, bytes]] | None) -> int | None:

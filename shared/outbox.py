@@ -162,7 +162,9 @@ class OutboxRelay:
 
     async def _relay(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
         probe = IncarnationProbe(self.bootstrap, self.partitions)
-        prod = producer(self.bootstrap)
+        # No linger: a batch is sent in one go and awaited as a whole, so waiting for more records
+        # only delays it; records that arrive while a request is in flight are batched anyway.
+        prod = producer(self.bootstrap, linger_ms=0)
         try:
             await prod.start()
             loop = asyncio.get_running_loop()
@@ -192,6 +194,8 @@ class OutboxRelay:
                         probed_at = loop.time()
                         last_id = await self._position(conn, known)
                     continue
+                # Never send to a log other than the one `last_id` belongs to: a new, empty log
+                # must get the retained outbox from its start, in order.
                 before = await probe.current()
                 if before != known:
                     # the broker lost its log while we were idle: start again from the oldest retained row

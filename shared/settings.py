@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     ingest_port: int = Field(default=8701, alias="ICC_INGEST_PORT")
     command_centre_port: int = Field(default=8702, alias="ICC_COMMAND_CENTRE_PORT")
     gateway_port: int = Field(default=8703, alias="ICC_GATEWAY_PORT")
+    # Gateway processes sharing its port, each a full replica reading the state topics whole:
+    # one per core a machine gives the gateway (fan-out is CPU-bound, one process uses one core).
+    gateway_workers: int = Field(default=1, ge=1, alias="ICC_GATEWAY_WORKERS")
     feeds_port: int = Field(default=8704, alias="ICC_FEEDS_PORT")
     broker_port: int = Field(default=9092, alias="ICC_BROKER_PORT")
     # HL7 v2 over MLLP (TCP) into ingest: 0 is off; `icc up` turns it on at 2575.

@@ -126,7 +126,7 @@ class SiteEvent(SQLModel, table=True):
         Index("ix_site_event_occurred", "site_id", "occurred_at"),
     )
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
-    event_id: uuid.UUID = Field(unique=True)
+    event_id: uuid.UUID  # not unique: see migration 0007
     site_id: str
     event_type: str
     occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
-from services.ingest import fhir_api, json_api, quarantine_replay
+from services.ingest import fhir_api, hl7_intake, json_api, quarantine_replay
 from services.ingest.api import router
 from services.ingest.group_commit import GroupCommitWriter
 from services.ingest.hl7_intake import Hl7Bookkeeping, Hl7Intake, keep_pruned
@@ -43,6 +43,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             "/v1/bed-management": json_api.process_bed_management,
             "/v1/ed-events": json_api.process_ed,
             "/v1/pas/fhir": fhir_api.process,
+            "/v1/pas/hl7v2": hl7_intake.replay,
+            "mllp": hl7_intake.replay,
         }
         runtime.extra.update(
             writer=writer,

@@ -89,14 +89,19 @@ class GroupCommitWriter:
 
     async def _commit(self, batch: list[Inbound]) -> set[uuid.UUID]:
         async with self.pool.acquire() as conn, conn.transaction():
-            for step in self.steps:
-                batch = await step.before(conn, batch)
-            if not batch:
-                return set()
-            inserted = await write_batch(conn, batch)
-            for step in self.steps:
-                await step.after(conn, batch)
+            inserted = await self.write_in(conn, batch)
         self.batches += 1
+        return inserted
+
+    async def write_in(self, conn: asyncpg.Connection, batch: list[Inbound]) -> set[uuid.UUID]:
+        """The batch with this writer's steps, inside the caller's transaction (a replay uses it too)."""
+        for step in self.steps:
+            batch = await step.before(conn, batch)
+        if not batch:
+            return set()
+        inserted = await write_batch(conn, batch)
+        for step in self.steps:
+            await step.after(conn, batch)
         return inserted
 
 

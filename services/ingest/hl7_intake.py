@@ -30,8 +30,10 @@ from services.ingest.hl7_er7 import (
     content_sha256,
     decode,
     read_message,
+    reject,
     split_body,
 )
+from services.ingest.intake import Answer, Commit, IngestContext, Message
 from services.ingest.location_source import LocationMapSource
 from shared.events import utcnow
 from shared.problems import PROBLEM_BASE
@@ -156,6 +158,61 @@ class Hl7Intake:
             log.error("HL7 message from %s could not be quarantined: %s", source, db_error)
             return _retry(exc.header, now)
         return Outcome(ack, exc.ack, status)
+
+
+async def replay(ctx: IngestContext, message: Message, commit: Commit, *, replay: bool) -> Answer:
+    """A quarantined HL7 message run again (`POST /v1/quarantine/{id}/replay`), through the same
+    parsing and mapping as when it arrived, with the location map re-read first.
+
+    The answer carries the ACK the message would get now. Its raw text, events and HL7 bookkeeping
+    commit in the replay's transaction; a message refused again commits nothing.
+    """
+    now = utcnow()
+    try:
+        parts = split_body(decode(message.body))
+        if parts.batch or len(parts.messages) != 1:
+            raise reject(
+                ErrorCode.segment_sequence,
+                "a batch is replayed message by message: each refused message has its own row",
+                ErrorLocation("BHS"),
+            )
+        text = parts.messages[0]
+        adt = read_message(text)
+        mapped = map_adt(
+            adt,
+            source=message.source,
+            content_sha256=content_sha256(text),
+            mapper=ctx.locations.current(force=replay),
+            pseudonymise=lambda kind, value, issuer: pseudonymise(
+                ctx.pseudonymisation_key, kind, value, issuer=issuer
+            ),
+        )
+    except Hl7Error as exc:
+        status = HTTP_STATUS[exc.ack]
+        ack = build_ack(exc.header, exc.ack, [exc.problem], now=now)
+        return Answer(
+            status, {"ack_code": exc.ack.value, "ack": ack, **problem_body(exc, status, message.endpoint)}
+        )
+    warnings = [_warning(u) for u in mapped.unmapped]
+    text_note = f"accepted; {len(warnings)} location(s) not in the location mapping" if warnings else ""
+    ack = build_ack(adt.header, AckCode.accept, warnings, now=now, text=text_note)
+    hl7 = Hl7Commit(message.source, adt.header.control_id, content_sha256(text), adt.trigger, ack, mapped)
+    item = Inbound(
+        message.source,
+        message.endpoint,
+        message.content_type,
+        message.body,
+        mapped.outbox_events(),
+        context=hl7,
+    )
+    new = await commit(item)
+    return Answer(
+        200,
+        {"ack_code": AckCode.accept.value, "ack": hl7.answer or ack, "duplicate": hl7.duplicate},
+        committed=True,
+        raw_id=item.raw_id,
+        event_ids=sorted(new),
+    )
 
 
 def _retry(header: MessageHeader | None, now: datetime) -> Outcome:

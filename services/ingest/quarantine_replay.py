@@ -16,7 +16,7 @@ import asyncpg
 from fastapi import APIRouter
 from fastapi.responses import ORJSONResponse
 
-from services.ingest.group_commit import Inbound, write_batch
+from services.ingest.group_commit import GroupCommitWriter, Inbound
 from services.ingest.intake import Message, Processor, context_of
 from shared.auth import Role
 from shared.problems import Problem
@@ -60,12 +60,15 @@ async def replay(quarantine_id: int, runtime: CurrentRuntime, user: CurrentUser)
             "the source must send it again",
         )
     processors: dict[str, Processor] = runtime.extra["replay_processors"]
-    processor = processors.get(row["endpoint"])
+    # MLLP rows name their listener (mllp://host:port); they replay as HL7 over HTTP does
+    endpoint = "mllp" if row["endpoint"].startswith("mllp://") else row["endpoint"]
+    processor = processors.get(endpoint)
     if processor is None:
         raise Problem(
             409, "not-replayable", "Not replayable", f"no replay for messages to {row['endpoint']!r}"
         )
     message = Message(row["source"], row["endpoint"], row["content_type"], bytes(row["body"]))
+    writer: GroupCommitWriter = runtime.extra["writer"]
 
     async def commit(item: Inbound) -> set[uuid.UUID]:
         async with pool.acquire() as conn, conn.transaction():
@@ -73,7 +76,7 @@ async def replay(quarantine_id: int, runtime: CurrentRuntime, user: CurrentUser)
                 "SELECT replayed_at FROM quarantine WHERE id = $1 FOR UPDATE", quarantine_id
             ):
                 raise _AlreadyReplayed
-            inserted = await write_batch(conn, [item])
+            inserted = await writer.write_in(conn, [item])  # with the writer's steps (HL7 bookkeeping)
             if item.error is not None:
                 raise item.error
             await _mark_replayed(conn, quarantine_id, item)

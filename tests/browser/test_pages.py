@@ -63,6 +63,18 @@ async def post_beds(stack: Stack, secrets: Secrets, *beds: tuple[str, str]) -> N
             assert response.status_code == 202, response.text
 
 
+async def raise_escalation(stack: Stack, jwt: str, scope: str, reason: str, severity: str) -> str:
+    """Raised through command-centre's REST API, as another user would; its id."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        raised = await client.post(
+            f"{stack.url_of('command-centre')}/v1/escalations",
+            headers={"Authorization": f"Bearer {jwt}"},
+            json={"scope": scope, "reason": reason, "severity": severity},
+        )
+    assert raised.status_code == 201, raised.text
+    return str(raised.json()["id"])
+
+
 async def test_wall_display_shows_a_pushed_update_and_goes_stale_when_the_feed_drops(
     stack: Stack, test_secrets: Secrets, browser: Browser
 ) -> None:
@@ -131,14 +143,8 @@ async def test_site_manager_acknowledges_annotates_resolves_and_raises_on_the_ta
     centre = stack.url_of("command-centre")
     manager = token(test_secrets, Role.site_manager, "site:RXN01")
     await post_beds(stack, test_secrets, ("RXN01-AMU-B1-1", "occupied"), ("RXN01-AMU-B1-2", "closed"))
-    async with httpx.AsyncClient(timeout=30) as client:
-        raised = await client.post(
-            f"{centre}/v1/escalations",
-            headers={"Authorization": f"Bearer {token(test_secrets, Role.ward_nurse, 'ward:RXN01-AMU')}"},
-            json={"scope": "ward:RXN01-AMU", "reason": "no side rooms left", "severity": "high"},
-        )
-        assert raised.status_code == 201, raised.text
-    ident = raised.json()["id"]
+    nurse = token(test_secrets, Role.ward_nurse, "ward:RXN01-AMU")
+    ident = await raise_escalation(stack, nurse, "ward:RXN01-AMU", "no side rooms left", "high")
 
     tablet = await browser.new_page(viewport={"width": 1024, "height": 768}, has_touch=True)
     await tablet.goto(f"{stack.url_of('gateway')}/tablet#token={manager}&scope=site:RXN01")
@@ -198,13 +204,8 @@ async def test_site_manager_acknowledges_annotates_resolves_and_raises_on_the_ta
 async def test_tablet_greys_out_what_the_token_may_not_do(
     stack: Stack, test_secrets: Secrets, browser: Browser
 ) -> None:
-    async with httpx.AsyncClient(timeout=30) as client:
-        raised = await client.post(
-            f"{stack.url_of('command-centre')}/v1/escalations",
-            headers={"Authorization": f"Bearer {token(test_secrets, Role.site_manager, 'site:RXN01')}"},
-            json={"scope": "site:RXN01", "reason": "site-wide staffing", "severity": "medium"},
-        )
-        assert raised.status_code == 201, raised.text
+    manager = token(test_secrets, Role.site_manager, "site:RXN01")
+    await raise_escalation(stack, manager, "site:RXN01", "site-wide staffing", "medium")
     page = await browser.new_page(viewport={"width": 1024, "height": 768})
     nurse = token(test_secrets, Role.ward_nurse, "ward:RXN01-AMU")
     await page.goto(f"{stack.url_of('gateway')}/tablet#token={nurse}&scope=ward:RXN01-AMU")

@@ -319,3 +319,49 @@ def test_message_segments_builders_are_shaped_like_the_standard() -> None:
     # guards the fixtures the other tests rely on
     assert msh("A01").split("|")[8] == "ADT^A01^ADT_A01"
     assert pv1().split("|")[19].startswith(VISIT) and evn("A01").startswith("EVN|A01|")
+
+
+async def test_quarantined_hl7_is_replayed_through_the_same_mapping(
+    stack: Stack, test_secrets: Secrets, db: asyncpg.Connection
+) -> None:
+    admin = {"Authorization": f"Bearer {token(test_secrets, Role.admin, 'system:QXN')}"}
+    ingest = stack.url_of("ingest")
+    no_visit = adt("A01", "RPLY0001", pid(), pv1(visit=""))
+    async with httpx.AsyncClient(timeout=30) as client:
+        assert (await post(client, stack, test_secrets, no_visit)).status_code == 422
+        refused_id = await db.fetchval("SELECT id FROM quarantine WHERE status_code = 422")
+
+        # still wrong: refused again with the ACK it would get, nothing committed, the attempt counted
+        again = await client.post(f"{ingest}/v1/quarantine/{refused_id}/replay", headers=admin)
+        assert again.status_code == 422 and again.json()["type"].endswith("/replay-failed")
+        answer = again.json()["answer"]
+        assert answer["ack_code"] == "AE" and answer["errors"][0]["location"] == "PV1-19"
+        assert "MSA|AE|RPLY0001" in answer["ack"]
+        row = await db.fetchrow("SELECT replay_count, replayed_at FROM quarantine WHERE id = $1", refused_id)
+        assert (row["replay_count"], row["replayed_at"]) == (1, None)
+        assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+
+        # a message an earlier version refused (here over MLLP) that is acceptable now
+        a01 = adt("A01", "RPLY0002").encode()
+        kept_id = await db.fetchval(
+            "INSERT INTO quarantine (source, endpoint, content_type, body, status_code, problem) "
+            "VALUES ('pas', 'mllp://0.0.0.0:2575', 'x-application/hl7-v2+er7', $1, 400, '{}') RETURNING id",
+            a01,
+        )
+        replayed = await client.post(f"{ingest}/v1/quarantine/{kept_id}/replay", headers=admin)
+        assert replayed.status_code == 200, replayed.text
+        body = replayed.json()
+        assert body["status"] == "replayed" and body["answer"]["ack_code"] == "AA"
+        assert "MSA|AA|RPLY0002" in body["answer"]["ack"]
+        events = await db.fetch("SELECT event_id, value FROM outbox")
+        assert [str(r["event_id"]) for r in events] == body["event_ids"]
+        assert orjson.loads(events[0]["value"])["event_type"] == "patient.admitted"
+        assert NHS_NUMBER not in events[0]["value"].decode()
+        # the HL7 bookkeeping ran in the replay's transaction: the source re-sending it is a duplicate
+        assert await db.fetchval("SELECT count(*) FROM hl7_message WHERE control_id = 'RPLY0002'") == 1
+        resent = await post(client, stack, test_secrets, a01)
+        assert resent.status_code == 200 and msa(resent.content)[1:3] == ["AA", "RPLY0002"]
+        assert await db.fetchval("SELECT count(*) FROM outbox") == 1
+
+        twice = await client.post(f"{ingest}/v1/quarantine/{kept_id}/replay", headers=admin)
+        assert twice.status_code == 409 and twice.json()["type"].endswith("/already-replayed")

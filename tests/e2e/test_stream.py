@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -108,6 +109,40 @@ async def test_two_replicas_serve_one_site_and_a_cursor_resumes_on_either(
         assert [w["ward_id"] for w in frame["wards"]] == ["RXN01-SAU"]
         assert frame["wards"][0]["beds"]["RXN01-SAU-B1-1"] == "closed"
     for c in (on_second, resumed):
+        await c.close()
+
+
+def worker_processes(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return children
+
+
+async def test_gateway_workers_are_replicas_that_each_serve_the_stream(
+    stack: Stack, test_secrets: Secrets
+) -> None:
+    async with httpx.AsyncClient() as client:
+        await warm_up(client, stack, test_secrets)
+    stack.stop_service("gateway")
+    stack.start_service("gateway", ICC_GATEWAY_WORKERS="2")
+    await asyncio.to_thread(stack.wait_ready, "gateway")
+    jwt = token(test_secrets, Role.site_manager, SITE)
+
+    async def connected() -> bool:
+        return len(worker_processes(stack.processes["gateway"].pid)) >= 2
+
+    await eventually(connected)
+    # the port is shared: the kernel hands each connection to one worker or the other
+    clients = [await StreamClient.connect(stack.url_of("gateway"), jwt, SITE) for _ in range(12)]
+    for c in clients:
+        await c.next("snapshot")
+    async with httpx.AsyncClient() as client:
+        await post_bed(client, stack, test_secrets, "RXN01-AMU-B1-4", "occupied")
+    wards = [(await c.until(lambda d: bed_of(d, "RXN01-AMU-B1-4") == "occupied"))[0]["ward"] for c in clients]
+    assert all(w == wards[0] for w in wards), "every worker publishes the same version of the ward"
+    for c in clients:
         await c.close()
 
 
