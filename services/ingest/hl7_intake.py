@@ -128,9 +128,7 @@ class Hl7Intake:
             )
         except Hl7Error as exc:
             return await self._rejected(exc, raw, source, endpoint, content_type, now)
-        warnings = [_warning(u) for u in mapped.unmapped]
-        text = f"accepted; {len(warnings)} location(s) not in the location mapping" if warnings else ""
-        ack = build_ack(adt.header, AckCode.accept, warnings, now=now, text=text)
+        ack = _accept(adt.header, mapped, now)
         commit = Hl7Commit(source, adt.header.control_id, sha, adt.trigger, ack, mapped)
         item = Inbound(source, endpoint, content_type, raw, mapped.outbox_events(), context=commit)
         try:
@@ -193,9 +191,7 @@ async def replay(ctx: IngestContext, message: Message, commit: Commit, *, replay
         return Answer(
             status, {"ack_code": exc.ack.value, "ack": ack, **problem_body(exc, status, message.endpoint)}
         )
-    warnings = [_warning(u) for u in mapped.unmapped]
-    text_note = f"accepted; {len(warnings)} location(s) not in the location mapping" if warnings else ""
-    ack = build_ack(adt.header, AckCode.accept, warnings, now=now, text=text_note)
+    ack = _accept(adt.header, mapped, now)
     hl7 = Hl7Commit(message.source, adt.header.control_id, content_sha256(text), adt.trigger, ack, mapped)
     item = Inbound(
         message.source,
@@ -220,6 +216,13 @@ def _retry(header: MessageHeader | None, now: datetime) -> Outcome:
         ErrorCode.internal_error, "ICC could not store the message just now; send it again", None
     )
     return Outcome(build_ack(header, AckCode.reject, [problem], now=now), AckCode.reject, RETRY_STATUS)
+
+
+def _accept(header: MessageHeader, mapped: MappedAdt, now: datetime) -> str:
+    """The AA, with a warning for each location the mapping does not know."""
+    warnings = [_warning(u) for u in mapped.unmapped]
+    text = f"accepted; {len(warnings)} location(s) not in the location mapping" if warnings else ""
+    return build_ack(header, AckCode.accept, warnings, now=now, text=text)
 
 
 def _warning(unmapped: UnmappedLocation) -> Hl7Problem:
