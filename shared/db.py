@@ -21,6 +21,20 @@ def sqlalchemy_url(url: str) -> str:
     raise ValueError(f"not a PostgreSQL URL: {url!r}")
 
 
+async def next_ids(conn: asyncpg.Connection, table: str, count: int) -> list[int]:
+    """`count` new ids from the serial sequence of `table.id`, ascending, in one round trip.
+
+    For appends that write their rows by `COPY` or a multi-row insert and need the ids first.
+    """
+    ids = await conn.fetchval(
+        "SELECT array_agg(v ORDER BY v) FROM "
+        "(SELECT nextval(pg_get_serial_sequence($1, 'id')) AS v FROM generate_series(1, $2)) AS n",
+        table,
+        count,
+    )
+    return list(ids or [])
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     """JSON and JSONB as Python values (orjson), on every connection ICC opens."""
     for name in ("json", "jsonb"):

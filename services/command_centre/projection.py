@@ -28,6 +28,7 @@ from services.command_centre.metrics import SiteMetrics, all_ward_metrics, site_
 from services.command_centre.site_state import SiteState
 from shared import topics
 from shared.consumer import Delivery
+from shared.db import next_ids
 from shared.events import BedStatus, Envelope, ScopeStateChanged, WardBedCounts, WardStateChanged, utcnow
 from shared.opel import DeclaredLevel, OpelProfile, effective_level, score_site
 from shared.organisation import Organisation
@@ -207,11 +208,7 @@ class StateProjection:
                 seen.add(d.envelope.event_id)
                 fresh.append(d)
         # Ids first (one round trip), then a binary COPY: far cheaper than INSERT … RETURNING.
-        ids = await conn.fetchval(
-            "SELECT array_agg(v ORDER BY v) FROM "
-            "(SELECT nextval('site_event_id_seq') AS v FROM generate_series(1, $1)) AS n",
-            len(fresh),
-        )
+        ids = await next_ids(conn, "site_event", len(fresh))
         await conn.copy_records_to_table(
             "site_event",
             columns=("id", "event_id", "site_id", "event_type", "occurred_at", "body"),

@@ -21,6 +21,7 @@ from services.ingest.group_commit import GroupCommitWriter, Inbound
 from services.ingest.location_source import LocationMapSource
 from services.ingest.source_auth import authenticate, read_body
 from shared.auth import SOURCE_HEADER
+from shared.db import next_ids
 from shared.organisation import Organisation
 from shared.problems import PROBLEM_JSON, Problem
 from shared.runtime import Runtime
@@ -96,13 +97,7 @@ async def quarantine(
     if not parts:
         return
     async with pool.acquire() as conn:
-        ids = [
-            int(r[0])
-            for r in await conn.fetch(
-                "SELECT nextval(pg_get_serial_sequence('quarantine', 'id')) FROM generate_series(1, $1)",
-                len(parts),
-            )
-        ]
+        ids = await next_ids(conn, "quarantine", len(parts))
         await conn.execute(
             """
             INSERT INTO quarantine (id, source, endpoint, content_type, body, status_code, problem)
