@@ -17,7 +17,7 @@ from shared.settings import Settings
 log = logging.getLogger("icc")
 
 
-def _serve(app_path: str, port: int, settings: Settings, *, workers: int = 1) -> int:
+def _serve(app_path: str, port: int, settings: Settings, *, workers: int = 1, ws: str = "auto") -> int:
     import uvicorn
 
     uvicorn.run(
@@ -30,6 +30,7 @@ def _serve(app_path: str, port: int, settings: Settings, *, workers: int = 1) ->
         # Stream frames are small JSON deltas sent to many screens at once: compressing every frame
         # again for every connection would cost the gateway CPU in proportion to its clients.
         ws_per_message_deflate=False,
+        ws=ws,
         workers=workers,
     )
     return 0
@@ -57,7 +58,13 @@ def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "gateway":
         _raise_open_file_limit()
         # each worker is a whole gateway replica: its own state, its own reading of the topics
-        return _serve(target[0], args.port or target[1], settings, workers=settings.gateway_workers)
+        return _serve(
+            target[0],
+            args.port or target[1],
+            settings,
+            workers=settings.gateway_workers,
+            ws="services.gateway.direct_send:DirectSendProtocol",
+        )
     return _serve(target[0], args.port or target[1], settings)
 
 

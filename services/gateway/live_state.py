@@ -18,12 +18,15 @@ import base64
 import contextlib
 import hashlib
 import logging
+import time
 from collections import OrderedDict, defaultdict, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from services.gateway.direct_send import DirectWrite, text_frame
 from shared.auth import Scope, Tier
 from shared.events import utcnow
 from shared.organisation import Organisation
@@ -31,6 +34,8 @@ from shared.organisation import Organisation
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 1000
+HEARTBEAT_QUIET = 5.0  # seconds without a frame after which a connection gets the next heartbeat
+DIRECT_LIMIT = 64 * 1024  # bytes written at once to a connection; asyncio's default high-water mark
 CLOSE_TOO_SLOW = 4408
 CURSOR_PREFIX = "c1"
 CLOSED_ESCALATION = frozenset({"resolved", "closed", "cancelled"})
@@ -52,6 +57,31 @@ class Subscriber:
     scopes: set[Scope] = field(default_factory=set)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     too_slow: asyncio.Event = field(default_factory=asyncio.Event)
+    # The connection's direct write (services.gateway.direct_send), when its server offers one, and
+    # whether its sender holds a frame not yet written: only an idle, empty queue may be bypassed.
+    direct: DirectWrite | None = None
+    sending: bool = False
+    last_frame: float = field(default_factory=time.monotonic)  # when a frame last went out or queued
+
+    def deliver(self, frames: list[tuple[str, str | None]], wire: bytes, *, droppable: bool = False) -> None:
+        """Send `frames` (frame, coalescing key), encoded once for everyone as `wire`, in one write if
+        nothing waits before them and the socket takes them at once; otherwise queue each as `offer`.
+
+        A catch-up larger than DIRECT_LIMIT is queued too, where it can coalesce, rather than
+        buffered whole for every connection.
+        """
+        if (
+            self.direct is not None
+            and not self.sending
+            and not self.frames
+            and not self.coalesced
+            and len(wire) <= DIRECT_LIMIT
+        ):
+            if self.direct(wire):
+                self.last_frame = time.monotonic()
+                return
+        for frame, key in frames:
+            self.offer(frame, key, droppable=droppable)
 
     def offer(self, frame: str, key: str | None = None, *, droppable: bool = False) -> None:
         """Queue `frame`; `key` names the entity it carries, so a later frame may replace it.
@@ -69,6 +99,7 @@ class Subscriber:
                 self.frames.append(orjson.dumps({"type": "resync", "reason": "client too slow"}).decode())
             self.coalesced.pop(key, None)
             self.coalesced[key] = frame
+        self.last_frame = time.monotonic()
         self.ready.set()
 
     def take(self) -> str | None:
@@ -108,6 +139,7 @@ class LiveState:
         self.subscribers: dict[Scope, set[Subscriber]] = defaultdict(set)
         self.changes = 0
         self._keys: dict[Scope, list[str]] = {}
+        self._batch: defaultdict[Scope, list[tuple[str, str | None]]] | None = None
         digest = hashlib.sha256(orjson.dumps(sorted(org.wards))).hexdigest()[:8]
         self._org_digest = digest
 
@@ -202,9 +234,30 @@ class LiveState:
                 kind: body,
             }
         ).decode()
-        coalesce_key = f"{scope}|{key}"
+        if self._batch is not None:
+            self._batch[scope].append((frame, f"{scope}|{key}"))
+        else:
+            self._send(watchers, [(frame, f"{scope}|{key}")])
+
+    @staticmethod
+    def _send(
+        watchers: Iterable[Subscriber], frames: list[tuple[str, str | None]], *, droppable: bool = False
+    ) -> None:
+        wire = b"".join(text_frame(frame) for frame, _ in frames)
         for subscriber in watchers:
-            subscriber.offer(frame, coalesce_key)
+            subscriber.deliver(frames, wire, droppable=droppable)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Changes applied inside go out together at the end: a scope's frames, in order, in one
+        write per connection. The block must not await, so no one subscribes in between."""
+        self._batch = defaultdict(list)
+        try:
+            yield
+        finally:
+            frames_by_scope, self._batch = self._batch, None
+            for scope, frames in frames_by_scope.items():
+                self._send(self.subscribers.get(scope, ()), frames)
 
     def subscribe(self, subscriber: Subscriber, scope: Scope, cursor: str | None = None) -> str:
         """Register and return the first frame: a snapshot, or on resume only what changed since `cursor`.
@@ -255,14 +308,17 @@ class LiveState:
             self.subscribers[scope].discard(subscriber)
         subscriber.scopes.clear()
 
-    def broadcast(self, message: dict[str, Any], *, droppable: bool = False) -> None:
-        frame = orjson.dumps(message).decode()
-        everyone = {s for watchers in self.subscribers.values() for s in watchers}
-        for subscriber in everyone:
-            subscriber.offer(frame, droppable=droppable)
+    def heartbeat(self, now: float | None = None) -> None:
+        """Tell the quiet connections that the feed is alive.
 
-    def heartbeat(self) -> None:
-        self.broadcast({"type": "heartbeat", "at": utcnow().isoformat()}, droppable=True)
+        Any frame says so: a connection that got one in the last HEARTBEAT_QUIET seconds is left out,
+        so a busy feed costs no heartbeat burst to every screen.
+        """
+        now = time.monotonic() if now is None else now
+        everyone = {s for watchers in self.subscribers.values() for s in watchers}
+        quiet = [s for s in everyone if now - s.last_frame >= HEARTBEAT_QUIET]
+        frame = orjson.dumps({"type": "heartbeat", "at": utcnow().isoformat()}).decode()
+        self._send(quiet, [(frame, None)], droppable=True)
 
     def stragglers(self, now: float, drop_after: float) -> list[Subscriber]:
         """Subscribers that have been coalescing for longer than `drop_after` seconds."""

@@ -78,9 +78,10 @@ class StateFeed:
             checked = loop.time()
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=500, max_records=5000)
-                for records in batch.values():
-                    for record in records:
-                        self._apply(record.value)
+                with self.live.batch():  # what one fetch brought reaches each screen in one write
+                    for records in batch.values():
+                        for record in records:
+                            self._apply(record.value)
                 if not batch and loop.time() - checked > 2.0:
                     checked = loop.time()
                     if await probe.current() != incarnation:

@@ -16,6 +16,7 @@ import httpx
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from services.gateway.direct_send import direct_write
 from services.gateway.live_state import CLOSE_TOO_SLOW, LiveState, Subscriber
 from shared.auth import AuthError, Principal, Scope, exists, verify_token
 from shared.runtime import Runtime
@@ -55,7 +56,12 @@ async def _sender(ws: WebSocket, subscriber: Subscriber) -> None:
     while True:
         # No timeout per send (that costs a task per frame): a socket that stops taking frames
         # leaves its queue coalescing, and the gateway closes it once that lasts too long.
-        await ws.send_text(await subscriber.next_frame())
+        frame = await subscriber.next_frame()
+        subscriber.sending = True  # until written, later frames must queue behind this one
+        try:
+            await ws.send_text(frame)
+        finally:
+            subscriber.sending = False
 
 
 ACTIONS = ("acknowledge", "note", "resolve", "raise")
@@ -119,7 +125,7 @@ async def stream(ws: WebSocket) -> None:
     if authenticated is None:
         return
     principal, token = authenticated
-    subscriber = Subscriber()
+    subscriber = Subscriber(direct=direct_write(ws.scope))
     await ws.send_text(
         orjson.dumps(
             {

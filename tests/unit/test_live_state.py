@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 import pytest
 
-from services.gateway.live_state import LiveState, Subscriber
+from services.gateway.live_state import HEARTBEAT_QUIET, LiveState, Subscriber
 from shared.auth import Scope, Tier
 from shared.organisation import Organisation
 
@@ -119,9 +120,112 @@ async def test_a_snapshot_is_never_dropped_from_a_full_queue(org: Organisation) 
     slow.offer(live.subscribe(slow, scope))
     for version in range(1, 5):
         live.update(ward(wards[0], version))
-    live.heartbeat()
+    live.heartbeat(now=time.monotonic() + HEARTBEAT_QUIET)  # due, but the queue is full
     other = Scope(Tier.ward, wards[1])
     slow.offer(live.subscribe(slow, other))
     kinds = [(f["type"], f["scope"] if "scope" in f else None) for f in drain(slow)]
     assert ("snapshot", str(other)) in kinds
     assert ("heartbeat", None) not in kinds
+
+
+class Socket:
+    """A connection's direct write as the gateway's server offers it: takes bytes while `open`."""
+
+    def __init__(self) -> None:
+        self.open = True
+        self.writes: list[bytes] = []
+
+    def __call__(self, wire: bytes) -> bool:
+        if self.open:
+            self.writes.append(wire)
+        return self.open
+
+
+def frames_in(wire: bytes) -> list[dict[str, Any]]:
+    """The text frames of unmasked server-to-client bytes (RFC 6455 5.2)."""
+    messages, at = [], 0
+    while at < len(wire):
+        assert wire[at] == 0x81, "a final text frame"
+        length, at = wire[at + 1], at + 2
+        if length == 126:
+            length, at = int.from_bytes(wire[at : at + 2]), at + 2
+        elif length == 127:
+            length, at = int.from_bytes(wire[at : at + 8]), at + 8
+        messages.append(orjson.loads(wire[at : at + length]))
+        at += length
+    return messages
+
+
+async def test_an_idle_connection_is_written_directly_and_a_busy_one_keeps_order(org: Organisation) -> None:
+    scope, wards = site_of(org)
+    live = LiveState(org)
+    socket = Socket()
+    watcher = Subscriber(direct=socket)
+    watcher.offer(live.subscribe(watcher, scope))
+    live.update(ward(wards[0], 1))
+    assert socket.writes == [], "the snapshot is still queued: the delta must wait behind it"
+    assert [f["type"] for f in drain(watcher)] == ["snapshot", "delta"]
+
+    live.update(ward(wards[0], 2))
+    assert [f["ward"]["version"] for f in frames_in(b"".join(socket.writes))] == [2]
+    assert watcher.take() is None
+
+    watcher.sending = True  # its sender holds a frame it has not written yet
+    live.update(ward(wards[0], 3))
+    watcher.sending = False
+    socket.open = False  # the socket stopped taking data
+    live.update(ward(wards[0], 4))
+    socket.open = True
+    live.update(ward(wards[0], 5))
+    assert len(socket.writes) == 1, "nothing may overtake what is queued"
+    assert [f["ward"]["version"] for f in drain(watcher)] == [3, 4, 5]
+
+
+async def test_a_batch_reaches_each_connection_in_one_write_in_order(org: Organisation) -> None:
+    scope, wards = site_of(org)
+    live = LiveState(org)
+    sockets = [Socket(), Socket()]
+    for socket in sockets:
+        watcher = Subscriber(direct=socket)
+        live.subscribe(watcher, scope)  # the snapshot taken out of band, so the queue is empty
+    with live.batch():
+        live.update(ward(wards[0], 1))
+        live.update(ward(wards[1], 1))
+        live.update_summary({"scope": str(scope), "version": 1, "metrics": {}})
+        assert all(s.writes == [] for s in sockets), "nothing goes out before the batch ends"
+    for socket in sockets:
+        assert len(socket.writes) == 1
+        sent = frames_in(socket.writes[0])
+        assert [f["seq"] for f in sent] == [1, 2, 3]
+        assert [f.get("ward", {}).get("ward_id") for f in sent] == [wards[0], wards[1], None]
+        assert sent[2]["summary"]["scope"] == str(scope)
+
+
+async def test_a_large_catch_up_is_queued_where_it_can_coalesce(org: Organisation) -> None:
+    scope, wards = site_of(org)
+    live = LiveState(org)
+    socket = Socket()
+    watcher = Subscriber(direct=socket, limit=10)
+    live.subscribe(watcher, scope)
+    padding = "x" * 1000
+    with live.batch():
+        for version in range(1, 101):
+            live.update({**ward(wards[0], version), "note": padding})
+    assert socket.writes == []
+    assert drain(watcher)[-1]["ward"]["version"] == 100
+
+
+async def test_heartbeats_go_only_to_connections_that_heard_nothing_lately(org: Organisation) -> None:
+    scope, wards = site_of(org)
+    live = LiveState(org)
+    busy, quiet = Subscriber(), Subscriber()
+    live.subscribe(busy, scope)
+    live.subscribe(quiet, Scope(Tier.ward, wards[1]))
+    quiet.last_frame -= HEARTBEAT_QUIET
+    live.update(ward(wards[0], 1))  # reaches `busy` only
+    live.heartbeat()
+    assert [f["type"] for f in drain(busy)] == ["delta"]
+    assert [f["type"] for f in drain(quiet)] == ["heartbeat"]
+    live.heartbeat(now=time.monotonic() + HEARTBEAT_QUIET)
+    assert [f["type"] for f in drain(busy)] == ["heartbeat"]
+    assert [f["type"] for f in drain(quiet)] == ["heartbeat"]
