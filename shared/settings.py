@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     # Gateway processes sharing its port, each a full replica reading the state topics whole:
     # one per core a machine gives the gateway (fan-out is CPU-bound, one process uses one core).
     gateway_workers: int = Field(default=1, ge=1, alias="ICC_GATEWAY_WORKERS")
+    # A stream connection that sends nothing (clients ping every 15 s) for this long is closed (4410);
+    # one still behind its queue for this long is closed (4408).
+    stream_idle_seconds: float = Field(default=45.0, gt=0, alias="ICC_STREAM_IDLE_SECONDS")
+    stream_drop_after_seconds: float = Field(default=30.0, gt=0, alias="ICC_STREAM_DROP_AFTER_SECONDS")
     feeds_port: int = Field(default=8704, alias="ICC_FEEDS_PORT")
     broker_port: int = Field(default=9092, alias="ICC_BROKER_PORT")
     # HL7 v2 over MLLP (TCP) into ingest: 0 is off; `icc up` turns it on at 2575.

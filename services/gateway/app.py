@@ -19,16 +19,16 @@ from shared.runtime import CurrentRuntime, Runtime, load_runtime, readiness, set
 
 STATIC = Path(__file__).parent / "static"
 HEARTBEAT_SECONDS = 10.0
-DROP_AFTER_SECONDS = 30.0  # a client still behind after this long is closed with 4408
 
 
-async def _heartbeats(live: LiveState, stop: asyncio.Event) -> None:
+async def _heartbeats(live: LiveState, stop: asyncio.Event, drop_after: float) -> None:
+    """Heartbeats to quiet connections; a client still behind after `drop_after` s is closed (4408)."""
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
+            await asyncio.wait_for(stop.wait(), min(HEARTBEAT_SECONDS, drop_after / 2))
         live.heartbeat()
-        for subscriber in live.stragglers(loop.time(), DROP_AFTER_SECONDS):
+        for subscriber in live.stragglers(loop.time(), drop_after):
             subscriber.too_slow.set()
 
 
@@ -44,7 +44,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         command_centre = httpx.AsyncClient(base_url=runtime.settings.command_centre_url, timeout=10.0)
         runtime.extra.update(live=live, feed=feed, command_centre=command_centre)
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(feed.run(stop)), asyncio.create_task(_heartbeats(live, stop))]
+        drop_after = runtime.settings.stream_drop_after_seconds
+        tasks = [
+            asyncio.create_task(feed.run(stop)),
+            asyncio.create_task(_heartbeats(live, stop, drop_after)),
+        ]
         settle_heap()
         try:
             yield

@@ -16,7 +16,7 @@ import httpx
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from services.gateway.direct_send import direct_write
+from services.gateway.direct_send import direct_write, text_frame
 from services.gateway.live_state import CLOSE_TOO_SLOW, LiveState, Subscriber
 from shared.auth import AuthError, Principal, Scope, exists, verify_token
 from shared.runtime import Runtime
@@ -25,15 +25,17 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 AUTH_TIMEOUT_SECONDS = 10.0
-IDLE_TIMEOUT_SECONDS = 45.0  # clients ping every 15 s; three missed pings end the connection
 CLOSE_BAD_MESSAGE = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_IDLE = 4410
+PONG = orjson.dumps({"type": "pong"}).decode()
+PONG_FRAME = text_frame(PONG)
 
 
 async def _receive_json(ws: WebSocket, timeout: float | None = None) -> dict[str, Any]:
-    text = await asyncio.wait_for(ws.receive_text(), timeout)
+    async with asyncio.timeout(timeout):
+        text = await ws.receive_text()
     message = orjson.loads(text)
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ValueError("a message is a JSON object with a string `type`")
@@ -138,23 +140,34 @@ async def stream(ws: WebSocket) -> None:
     )
     sender = asyncio.create_task(_sender(ws, subscriber))
     slow = asyncio.create_task(subscriber.too_slow.wait())
+    # The receive loop runs here; the sender ending (socket gone) or the subscriber falling too far
+    # behind interrupts it. Callbacks rather than a task and a wait per message: a screen's pings
+    # are most of what 10,000 connections send.
+    handler = asyncio.current_task()
+    assert handler is not None
+    ended_by: list[asyncio.Task[Any]] = []
+
+    def interrupt(task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:  # the socket went away under the sender: nothing to report
+            log.debug("stream sender ended: %r", task.exception())
+        if not ended_by:
+            ended_by.append(task)
+            handler.cancel()
+
+    sender.add_done_callback(interrupt)
+    slow.add_done_callback(interrupt)
     try:
         while True:
-            receive = asyncio.create_task(_receive_json(ws, IDLE_TIMEOUT_SECONDS))
-            done, _ = await asyncio.wait({receive, sender, slow}, return_when=asyncio.FIRST_COMPLETED)
-            if slow in done:
-                receive.cancel()
-                await ws.close(CLOSE_TOO_SLOW, "client too slow; reconnect for a fresh snapshot")
-                return
-            if sender in done:
-                receive.cancel()
-                return
             try:
-                message = receive.result()
+                message = await _receive_json(ws, runtime.settings.stream_idle_seconds)
             except TimeoutError:
                 await ws.close(CLOSE_IDLE, "nothing received from the client; send a ping every 15 s")
                 return
-            if message["type"] == "subscribe":
+            if message["type"] == "ping":
+                subscriber.deliver([(PONG, None)], PONG_FRAME)
+            elif message["type"] == "subscribe":
                 try:
                     scope = Scope.parse(str(message.get("scope", "")))
                 except ValueError as exc:
@@ -171,17 +184,23 @@ async def stream(ws: WebSocket) -> None:
                 subscriber.offer(await act(runtime, token, message))
             elif message["type"] == "unsubscribe":
                 live.unsubscribe(subscriber)
-            elif message["type"] == "ping":
-                subscriber.offer(orjson.dumps({"type": "pong"}).decode())
             else:
                 await ws.close(CLOSE_BAD_MESSAGE, f"unknown message type {message['type']!r}"[:120])
                 return
+    except asyncio.CancelledError:
+        if not ended_by:
+            raise  # the server is stopping
+        handler.uncancel()
+        if ended_by[0] is slow:
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await ws.close(CLOSE_TOO_SLOW, "client too slow; reconnect for a fresh snapshot")
     except WebSocketDisconnect:
         return
     except ValueError as exc:
         with contextlib.suppress(RuntimeError):
             await ws.close(CLOSE_BAD_MESSAGE, f"not JSON: {exc}"[:120])
     finally:
+        ended_by.append(handler)  # from here on, the tasks ending interrupt nothing
         live.unsubscribe(subscriber)
         sender.cancel()
         slow.cancel()

@@ -237,3 +237,28 @@ async def test_icc_watch_prints_the_feed(stack: Stack, test_secrets: Secrets) ->
 
 async def _true_if(value: bool) -> bool:
     return value
+
+
+async def test_a_silent_client_is_closed_as_idle_and_a_pinging_one_stays(
+    stack: Stack, test_secrets: Secrets
+) -> None:
+    stack.stop_service("gateway")
+    stack.start_service("gateway", ICC_STREAM_IDLE_SECONDS="3")
+    await asyncio.to_thread(stack.wait_ready, "gateway")
+    jwt = token(test_secrets, Role.wall_display, SITE)
+    silent = await StreamClient.connect(stack.url_of("gateway"), jwt, SITE)
+    pinging = await StreamClient.connect(stack.url_of("gateway"), jwt, SITE)
+    await silent.next("snapshot")
+    await pinging.next("snapshot")
+    started = time.monotonic()
+    while time.monotonic() - started < 6:
+        await pinging.ping()
+        await pinging.next("pong", timeout=5)
+        await asyncio.sleep(1)
+    with pytest.raises(websockets.ConnectionClosed):
+        await silent.next("never", timeout=5)
+    assert silent.ws.close_code == 4410
+    assert "ping" in (silent.ws.close_reason or "")
+    await pinging.ping()
+    assert (await pinging.next("pong", timeout=5))["type"] == "pong", "a pinging client stays connected"
+    await pinging.close()
