@@ -106,7 +106,16 @@ async def bare_server(port: int, control_port: int) -> None:
             websockets.broadcast(subscribers, frame)
 
     async with (
-        websockets.serve(subscriber, "127.0.0.1", port, reuse_port=True, compression=None, backlog=4096),
+        # no protocol pings, as the gateway sends none (its clients ping at the application level)
+        websockets.serve(
+            subscriber,
+            "127.0.0.1",
+            port,
+            reuse_port=True,
+            compression=None,
+            backlog=4096,
+            ping_interval=None,
+        ),
         websockets.serve(publisher, "127.0.0.1", control_port, compression=None, max_size=None),
     ):
         await asyncio.Future()
