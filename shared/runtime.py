@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import signal
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -144,3 +146,14 @@ async def _safe_ping(pool: asyncpg.Pool) -> bool:
         return await ping(pool)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return False
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """For child processes: SIGTERM when the process that started them dies, even by SIGKILL."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass

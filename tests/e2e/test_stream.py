@@ -120,6 +120,10 @@ def worker_processes(pid: int) -> list[int]:
     return children
 
 
+def any_alive(pids: list[int]) -> bool:
+    return any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
 async def test_gateway_workers_are_replicas_that_each_serve_the_stream(
     stack: Stack, test_secrets: Secrets
 ) -> None:
@@ -144,6 +148,15 @@ async def test_gateway_workers_are_replicas_that_each_serve_the_stream(
     assert all(w == wards[0] for w in wards), "every worker publishes the same version of the ward"
     for c in clients:
         await c.close()
+    # a supervisor killed outright takes its workers with it: nothing keeps holding the port
+    workers = worker_processes(stack.processes["gateway"].pid)
+    stack.processes["gateway"].kill()
+    stack.processes["gateway"].wait(10)
+
+    async def workers_gone() -> bool:
+        return not any_alive(workers)
+
+    await eventually(workers_gone, timeout=15)
 
 
 async def test_resume_across_a_gateway_restart_loses_and_repeats_nothing(
