@@ -80,6 +80,7 @@ class StreamClient:
 
     def __init__(self, ws: websockets.ClientConnection) -> None:
         self.ws = ws
+        self.early: list[dict[str, Any]] = []  # deltas read while waiting for an `act_result`
 
     @classmethod
     async def connect(cls, gateway_url: str, jwt: str, scope: str, cursor: str | None = None) -> StreamClient:
@@ -108,11 +109,28 @@ class StreamClient:
                 if message["type"] == "error":
                     raise AssertionError(message)
 
+    async def act(self, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """Send an `act` message and return its `act_result`. Deltas that arrive first (the change an
+        action makes can reach the stream before the answer to it) are kept for `until`."""
+        await self.ws.send(orjson.dumps({"type": "act", **message}).decode())
+        async with asyncio.timeout(timeout):
+            while True:
+                received = await self.next("act_result", "delta", timeout=timeout)
+                if received["type"] == "act_result":
+                    return received
+                self.early.append(received)
+
     async def until(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Read deltas until one satisfies `predicate`; return it and every delta read on the way."""
+        """Read deltas until one satisfies `predicate`; return it and every delta read on the way
+        (starting with those `act` kept)."""
         seen: list[dict[str, Any]] = []
+        while self.early:
+            delta = self.early.pop(0)
+            seen.append(delta)
+            if predicate(delta):
+                return delta, seen
         async with asyncio.timeout(timeout):
             while True:
                 delta = await self.next("delta", timeout=timeout)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 import yaml
 
@@ -163,8 +162,7 @@ async def test_acting_over_the_websocket(stack: Stack, test_secrets: Secrets) ->
         assert raised.status_code == 201, raised.text
     ident = raised.json()["id"]
     # acknowledged at once over the socket (before the short test timeout promotes it)
-    await nurse.ws.send(orjson.dumps({"type": "act", "id": ident, "action": "acknowledge"}).decode())
-    result = await nurse.next("act_result")
+    result = await nurse.act({"id": ident, "action": "acknowledge"})
     assert result["status"] == 200, result
     assert result["escalation"]["status"] == "acknowledged"
     await nurse.until(
@@ -179,8 +177,7 @@ async def test_acting_over_the_websocket(stack: Stack, test_secrets: Secrets) ->
     )
     snapshot = await display.next("snapshot")
     assert [e["id"] for e in snapshot["escalations"]] == [ident]
-    await display.ws.send(orjson.dumps({"type": "act", "id": ident, "action": "resolve"}).decode())
-    refused = await display.next("act_result")
+    refused = await display.act({"id": ident, "action": "resolve"})
     assert refused["status"] == 403
     await display.close()
 
@@ -192,8 +189,7 @@ async def test_raising_and_refusals_over_the_websocket(stack: Stack, test_secret
     await manager.next("snapshot")
 
     async def act(**message: object) -> dict:
-        await manager.ws.send(orjson.dumps({"type": "act", **message}).decode())
-        result = await manager.next("act_result")
+        result = await manager.act(message)
         assert result["ref"] == message.get("ref"), result
         return result
 
