@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -281,40 +282,70 @@ class _Segment:
     Values come from python-hl7's tree: a field holds either one string or repetitions, a
     repetition strings or components, a component sub-components; escape sequences are resolved
     with python-hl7's `unescape`. A unit test checks this agrees with `Segment.extract_field`.
+    Each field is turned into plain strings once, when first read: several values of a message
+    come from one field (MSH-9, PV1-19), and the mapping reads every field a projection keeps.
     """
 
-    __slots__ = ("positions", "segment")
+    __slots__ = ("fields", "name", "positions", "read", "segment")
 
-    def __init__(self, segment: Any, positions: dict[int, int] | None) -> None:
+    def __init__(self, segment: Any, positions: dict[int, int] | None, name: str | None = None) -> None:
         self.segment = segment
+        self.fields = list(segment)  # a plain list: indexing a python-hl7 container runs Python code
         self.positions = positions
+        self.name = str(self.fields[0]) if name is None else name
+        self.read: dict[int, tuple[tuple[str, ...], ...]] = {}
 
     def _field(self, number: int) -> Any:
         index = number if self.positions is None else self.positions.get(number, 0)
-        if index <= 0 or index >= len(self.segment):
+        if index <= 0 or index >= len(self.fields):
             return None
-        return self.segment[index]
+        return self.fields[index]
+
+    def _repetitions(self, number: int) -> tuple[tuple[str, ...], ...]:
+        """Field `number` as its repetitions, each its components (unescaped and stripped)."""
+        found = self.read.get(number)
+        if found is None:
+            field = self._field(number)
+            found = self.read[number] = () if field is None else _plain(field, self.segment)
+        return found
 
     def repetitions(self, number: int) -> int:
-        field = self._field(number)
-        return 0 if field is None else len(field)
+        return len(self._repetitions(number))
 
     def components(self, number: int, repetition: int = 1) -> list[str]:
         """The components of one repetition (first sub-component of each), unescaped and stripped."""
-        field = self._field(number)
-        if field is None or repetition > len(field):
-            return []
-        rep = field[repetition - 1]
-        parts = [rep] if isinstance(rep, str) else [c if isinstance(c, str) else c[0] for c in rep]
-        return [unescape(self.segment, str(p)).strip() for p in parts]
+        reps = self._repetitions(number)
+        return list(reps[repetition - 1]) if repetition <= len(reps) else []
 
     def value(self, number: int, repetition: int = 1, component: int = 1) -> str:
-        parts = self.components(number, repetition)
+        reps = self._repetitions(number)
+        if repetition > len(reps):
+            return ""
+        parts = reps[repetition - 1]
         return parts[component - 1] if component <= len(parts) else ""
 
     def location(self, number: int) -> PatientLocation:
         parts = [*self.components(number), "", "", "", ""]
         return PatientLocation(point_of_care=parts[0], room=parts[1], bed=parts[2], facility=parts[3])
+
+    def time(self, number: int, sequence: int = 1) -> datetime | None:
+        """A DTM/TS field as an aware UTC datetime (see `parse_ts`); empty → None."""
+        text = self.value(number)
+        return parse_ts(text, ErrorLocation(self.name, sequence, number)) if text else None
+
+
+def _plain(field: Any, segment: Any) -> tuple[tuple[str, ...], ...]:
+    """A parsed field as plain strings: per repetition, the first sub-component of each component,
+    unescaped (python-hl7's `unescape`, for text holding the escape character) and stripped."""
+    esc = segment.esc
+    reps = []
+    for rep in field:
+        if isinstance(rep, str):
+            parts = [rep]
+        else:
+            parts = [c if isinstance(c, str) else next(iter(c)) for c in rep]
+        reps.append(tuple([(unescape(segment, p) if esc in p else p).strip() for p in parts]))
+    return tuple(reps)
 
 
 # ── the typed message ───────────────────────────────────────────────────────────────────────
@@ -404,7 +435,7 @@ def read_message(message: str, *, project_first: bool = True) -> AdtMessage:
     """
     check_delimiters(message)
     parsed = _parse(project(message) if project_first else message)
-    header = _header(_Segment(parsed[0], None))
+    header = _header(_Segment(parsed[0], None, "MSH"))
     try:
         return _read(parsed, header, project_first)
     except Hl7Error as exc:
@@ -418,7 +449,7 @@ def read_header(message: str) -> MessageHeader:
     msh = message.split("\r", 1)[0]
     separator = msh[3]
     parsed = _parse(separator.join(msh.split(separator, MSH_FIELDS)[:MSH_FIELDS]))
-    return _header(_Segment(parsed[0], None))
+    return _header(_Segment(parsed[0], None, "MSH"))
 
 
 def check_delimiters(message: str) -> None:
@@ -456,9 +487,14 @@ def _header(msh: _Segment) -> MessageHeader:
     for number in (3, 4, 5, 6, 9, 10, 11, 12):
         field_ = msh._field(number)
         raw[number] = "" if field_ is None else str(field_)
+    problem: Hl7Error | None = None
+    try:
+        sent_at = msh.time(7)
+    except Hl7Error as exc:
+        sent_at, problem = None, exc
     header = MessageHeader(
-        field_separator=str(msh.segment[1]),
-        encoding_characters=str(msh.segment[2]),
+        field_separator=str(msh.fields[1]),
+        encoding_characters=str(msh.fields[2]),
         sending_application=msh.value(3),
         sending_facility=msh.value(4),
         receiving_application=msh.value(5),
@@ -468,13 +504,9 @@ def _header(msh: _Segment) -> MessageHeader:
         control_id=msh.value(10),
         processing_id=msh.value(11).upper(),
         version=msh.value(12),
+        sent_at=sent_at,
         raw=raw,
     )
-    problem: Hl7Error | None = None
-    try:
-        header = replace(header, sent_at=parse_ts(msh.value(7), ErrorLocation("MSH", field=7)))
-    except Hl7Error as exc:
-        problem = exc
     if not header.control_id:
         problem = reject(
             ErrorCode.required_field_missing,
@@ -509,7 +541,7 @@ def _header(msh: _Segment) -> MessageHeader:
 
 def _read(parsed: Any, header: MessageHeader, projected: bool) -> AdtMessage:
     def wrap(segment: Any, name: str) -> _Segment:
-        return _Segment(segment, _PROJECTED[name] if projected else None)
+        return _Segment(segment, _PROJECTED[name] if projected else None, name)
 
     evn: _Segment | None = None
     npu: _Segment | None = None
@@ -542,8 +574,8 @@ def _read(parsed: Any, header: MessageHeader, projected: bool) -> AdtMessage:
     return AdtMessage(
         header=header,
         trigger=trigger,
-        recorded_at=parse_ts(evn.value(2), ErrorLocation("EVN", field=2)) if evn else None,
-        event_occurred_at=parse_ts(evn.value(6), ErrorLocation("EVN", field=6)) if evn else None,
+        recorded_at=evn.time(2) if evn else None,
+        event_occurred_at=evn.time(6) if evn else None,
         visits=tuple(_visit(group, n) for n, group in enumerate(groups, 1)),
         npu_bed=npu.location(1) if npu else None,
         npu_bed_status=npu.value(2).upper() if npu else "",
@@ -572,13 +604,13 @@ def _visit(group: dict[str, _Segment], sequence: int) -> Visit:
             visit_number=pv1.value(19),
             visit_authority=pv1.value(19, 1, 4),
             bed_status=pv1.value(40).upper(),
-            admitted_at=parse_ts(pv1.value(44), ErrorLocation("PV1", sequence, 44)),
-            discharged_at=parse_ts(pv1.value(45), ErrorLocation("PV1", sequence, 45)),
+            admitted_at=pv1.time(44, sequence),
+            discharged_at=pv1.time(45, sequence),
         )
     if pv2 is not None:
-        expected_discharge = parse_ts(pv2.value(9), ErrorLocation("PV2", sequence, 9))
+        expected_discharge = pv2.time(9, sequence)
         fields.update(
-            expected_admit_at=parse_ts(pv2.value(8), ErrorLocation("PV2", sequence, 8)),
+            expected_admit_at=pv2.time(8, sequence),
             expected_discharge=expected_discharge.astimezone(LONDON).date() if expected_discharge else None,
             arrival_mode=pv2.value(38).upper(),
         )
@@ -598,14 +630,26 @@ def parse_ts(text: str, where: ErrorLocation, zone: tzinfo = LONDON) -> datetime
     """
     if not text:
         return None
+    try:
+        return _timestamp(text, zone)
+    except _BadTimestamp as exc:
+        raise error(ErrorCode.data_type_error, f"{where}: {exc.detail}", where) from exc
+
+
+class _BadTimestamp(ValueError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+@lru_cache(maxsize=4096)
+def _timestamp(text: str, zone: tzinfo) -> datetime:
+    """`parse_ts` without the error location, remembered: a feed's messages share their time stamps
+    (MSH-7 and EVN-2 are often one value, and a busy PAS sends many messages a second)."""
     stamp = text.split("^", 1)[0].strip()
     match = _DTM.fullmatch(stamp)
     if match is None:
-        raise error(
-            ErrorCode.data_type_error,
-            f"{where}: {text!r} is not an HL7 date/time (YYYYMMDDHHMMSS±ZZZZ)",
-            where,
-        )
+        raise _BadTimestamp(f"{text!r} is not an HL7 date/time (YYYYMMDDHHMMSS±ZZZZ)")
     year, month, day, hour, minute, second, fraction, offset = match.groups()
     try:
         local = datetime(
@@ -618,14 +662,12 @@ def parse_ts(text: str, where: ErrorLocation, zone: tzinfo = LONDON) -> datetime
             int((fraction or "0").ljust(6, "0")[:6]),
         )
     except ValueError as exc:
-        raise error(
-            ErrorCode.data_type_error, f"{where}: {text!r} is not a valid date/time ({exc})", where
-        ) from exc
+        raise _BadTimestamp(f"{text!r} is not a valid date/time ({exc})") from exc
     if offset:
         sign = -1 if offset[0] == "-" else 1
         hours, minutes = int(offset[1:3]), int(offset[3:5])
         if hours > 14 or minutes > 59:
-            raise error(ErrorCode.data_type_error, f"{where}: {offset} is not a UTC offset", where)
+            raise _BadTimestamp(f"{offset} is not a UTC offset")
         delta = sign * timedelta(hours=hours, minutes=minutes)
         return (local - delta).replace(tzinfo=UTC)
     return local.replace(tzinfo=zone).astimezone(UTC)
