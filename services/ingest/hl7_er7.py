@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from enum import StrEnum
@@ -472,9 +473,63 @@ def check_delimiters(message: str) -> None:
         )
 
 
+class _Built(list[Any]):
+    """Builds a python-hl7 container as its own `__init__` does, minus the re-checks.
+
+    The parser hands every container the separators it has just worked out, so `Container`'s
+    assertion and its chain of `super().__init__` calls only repeat work, once per field,
+    repetition and component (some 70 times for a projected ADT message). The result is the same
+    tree: the same classes (these are subclasses), items and attributes.
+    """
+
+    level = 0  # which of `separators` separates this container's items
+
+    def __init__(
+        self,
+        separator: str | None = None,
+        sequence: Sequence[Any] = (),
+        esc: str = "\\",
+        separators: str = "\r|~^&",
+        factory: Any = None,
+    ) -> None:
+        list.__init__(self, sequence)
+        self.separator = separators[self.level]
+        self.esc = esc
+        self.separators = separators
+        self.factory = factory if factory is not None else hl7.Factory
+
+
+class _Message(_Built, hl7.Message):  # type: ignore[misc]
+    level = 0
+
+
+class _SegmentNode(_Built, hl7.Segment):  # type: ignore[misc]
+    level = 1
+
+
+class _Field(_Built, hl7.Field):  # type: ignore[misc]
+    level = 2
+
+
+class _Repetition(_Built, hl7.Repetition):  # type: ignore[misc]
+    level = 3
+
+
+class _Component(_Built, hl7.Component):  # type: ignore[misc]
+    level = 4
+
+
+class _Factory(hl7.Factory):  # type: ignore[misc]
+    create_message = _Message
+    create_segment = _SegmentNode
+    create_field = _Field
+    create_repetition = _Repetition
+    create_component = _Component
+
+
 def _parse(text: str) -> Any:
     try:
-        return hl7.parse(text)
+        return hl7.parse(text, factory=_Factory)
     except (HL7Exception, ValueError, IndexError, AssertionError) as exc:
         raise reject(
             ErrorCode.segment_sequence, f"not an HL7 v2 message: {exc}", ErrorLocation("MSH")

@@ -15,6 +15,7 @@ from services.ingest.hl7_er7 import (
     ErrorLocation,
     Hl7Error,
     PatientLocation,
+    _parse,
     _Segment,
     decode,
     project,
@@ -303,6 +304,21 @@ def _outcome(text: str, projected: bool) -> object:
 @given(_messages())
 def test_projected_parse_agrees_with_a_full_python_hl7_parse(text: str) -> None:
     assert _outcome(text, True) == _outcome(text, False)
+
+
+def _tree(node: object) -> object:
+    """A parsed node as python-hl7's class, its separators and escape, and its items, recursively."""
+    if isinstance(node, str):
+        return node
+    assert isinstance(node, hl7.Container)
+    cls = next(c for c in type(node).__mro__ if c.__module__ == "hl7.containers")
+    return (cls, node.separator, node.esc, node.separators, [_tree(item) for item in node])
+
+
+@settings(max_examples=300, deadline=None)
+@given(_messages())
+def test_the_parse_tree_is_the_one_python_hl7_builds_by_default(text: str) -> None:
+    assert _tree(_parse(text)) == _tree(hl7.parse(text))
 
 
 @settings(max_examples=300, deadline=None)
