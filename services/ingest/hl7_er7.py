@@ -260,7 +260,8 @@ _PROJECTED = {name: {n: i for i, n in enumerate(numbers, 1)} for name, numbers i
 
 
 def project(message: str) -> str:
-    """The message reduced to MSH and the fields `read_message` looks at, each segment compacted."""
+    """The message reduced to MSH and the fields `read_message` looks at, each segment compacted
+    (trailing empty fields dropped)."""
     segments = message.split("\r")
     msh = segments[0]
     if len(msh) < 4 or not msh.startswith("MSH"):
@@ -273,7 +274,9 @@ def project(message: str) -> str:
         if numbers is None or (len(segment) > 3 and segment[3] != separator):
             continue
         parts = segment.split(separator, numbers[-1] + 1)
-        out.append(separator.join([name, *(parts[n] if n < len(parts) else "" for n in numbers)]))
+        kept = separator.join([name, *(parts[n] if n < len(parts) else "" for n in numbers)])
+        # a missing field reads as an empty one, and python-hl7 builds a container for each
+        out.append(kept.rstrip(separator))
     return "\r".join(out)
 
 
