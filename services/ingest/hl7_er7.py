@@ -474,6 +474,14 @@ def check_delimiters(message: str) -> None:
             "MSH-1 and MSH-2 must declare five distinct delimiter characters, e.g. MSH|^~\\&|",
             ErrorLocation("MSH", field=2),
         )
+    if len(message) == 8 or message[8] == "\r":
+        # python-hl7 misreads an MSH that stops after MSH-2 (it looks for the end of MSH-2 at a
+        # separator that is not there), and such a message has no type, control id or version
+        raise reject(
+            ErrorCode.required_field_missing,
+            "MSH ends after MSH-2: no message type (MSH-9), control id (MSH-10) or version (MSH-12)",
+            ErrorLocation("MSH", field=9),
+        )
 
 
 class _Built(list[Any]):

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.ingest.hl7_ack import build_ack
 from services.ingest.hl7_er7 import (
     AckCode,
     ErrorCode,
@@ -28,6 +29,7 @@ from tests.hl7_samples import MRN, NHS_NUMBER, SURNAME, VISIT, adt, batch, evn, 
 pytestmark = pytest.mark.unit
 
 A01 = adt("A01")
+NOW = datetime(2025, 7, 3, 13, 5, tzinfo=UTC)
 
 
 def parse_ts(text: str) -> datetime | None:
@@ -100,6 +102,16 @@ def test_non_default_delimiters_declared_in_msh1_and_msh2() -> None:
     assert unusual.startswith("MSH#$*@%#PAS")
     assert read(unusual).visits == read(standard).visits  # type: ignore[attr-defined]
     assert read(unusual).header.field_separator == "#"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("text", ["MSH|^~\\&", "MSH|^~\\&\rEVN|A01|20250203140500\rPV1||I|AMU"])
+def test_an_msh_that_stops_after_msh2_is_rejected_and_answered(text: str) -> None:
+    with pytest.raises(Hl7Error) as caught:
+        read_message(text)
+    assert caught.value.ack is AckCode.reject
+    assert caught.value.problem.code is ErrorCode.required_field_missing
+    ack = hl7.parse(build_ack(caught.value.header, caught.value.ack, [caught.value.problem], now=NOW))
+    assert str(ack.segment("MSA")(1)) == "AR"
 
 
 def test_escape_sequences_are_resolved() -> None:
