@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from enum import StrEnum
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -606,24 +607,26 @@ def _header(msh: _Segment) -> MessageHeader:
 
 
 def _read(parsed: Any, header: MessageHeader, projected: bool) -> AdtMessage:
-    def wrap(segment: Any, name: str) -> _Segment:
-        return _Segment(segment, _PROJECTED[name] if projected else None, name)
-
     evn: _Segment | None = None
     npu: _Segment | None = None
     groups: list[dict[str, _Segment]] = []
-    for segment in parsed[1:]:
-        name = str(segment[0])
+    for segment in islice(parsed, 1, None):
+        read = _Segment(segment, None)
+        name = read.name
+        if name not in _PROJECTED:
+            continue
+        if projected:
+            read.positions = _PROJECTED[name]
         if name == "EVN" and evn is None:
-            evn = wrap(segment, name)
+            evn = read
         elif name == "NPU" and npu is None:
-            npu = wrap(segment, name)
+            npu = read
         elif name == "PID":
-            groups.append({"PID": wrap(segment, name)})
+            groups.append({"PID": read})
         elif name in ("PV1", "PV2"):
             if not groups or name in groups[-1]:
                 groups.append({})
-            groups[-1][name] = wrap(segment, name)
+            groups[-1][name] = read
     trigger = header.trigger or (evn.value(1).upper() if evn is not None else "")
     if not trigger:
         raise reject(
