@@ -258,16 +258,32 @@ READ_FIELDS: dict[str, tuple[int, ...]] = {
 }
 MSH_FIELDS = 12
 _PROJECTED = {name: {n: i for i, n in enumerate(numbers, 1)} for name, numbers in READ_FIELDS.items()}
+# Within those fields, how many components are read (one where not listed), and of which
+# repetitions: PID-3, the patient's identifiers, in every repetition; any other, in the first.
+COMPONENTS_READ: dict[tuple[str, int], int] = {
+    ("PID", 3): 5,
+    ("PV1", 3): 4,
+    ("PV1", 6): 4,
+    ("PV1", 11): 4,
+    ("PV1", 19): 4,
+    ("NPU", 1): 4,
+}
+EVERY_REPETITION = frozenset({("PID", 3)})
+_EXTENTS = {
+    name: tuple((COMPONENTS_READ.get((name, n), 1), (name, n) in EVERY_REPETITION) for n in numbers)
+    for name, numbers in READ_FIELDS.items()
+}
 
 
 def project(message: str) -> str:
     """The message reduced to MSH and the fields `read_message` looks at, each segment compacted
-    (trailing empty fields dropped)."""
+    (trailing empty fields dropped) and each field cut to the components and repetitions read."""
     segments = message.split("\r")
     msh = segments[0]
     if len(msh) < 4 or not msh.startswith("MSH"):
         return msh
     separator = msh[3]
+    components, repetitions = (msh[4], msh[5]) if len(msh) > 5 else ("^", "~")  # MSH-2 as declared
     out = [separator.join(msh.split(separator, MSH_FIELDS)[:MSH_FIELDS])]
     for segment in segments[1:]:
         name = segment[:3]
@@ -275,10 +291,25 @@ def project(message: str) -> str:
         if numbers is None or (len(segment) > 3 and segment[3] != separator):
             continue
         parts = segment.split(separator, numbers[-1] + 1)
-        kept = separator.join([name, *(parts[n] if n < len(parts) else "" for n in numbers)])
+        kept = [name]
+        for n, (wanted, every) in zip(numbers, _EXTENTS[name], strict=True):
+            text = parts[n] if n < len(parts) else ""
+            if every:  # worth cutting when the repetitions hold more components than are read
+                cut = text.count(components) >= wanted * (text.count(repetitions) + 1)
+            else:
+                cut = repetitions in text or text.count(components) >= wanted
+            kept.append(_cut(text, wanted, every, components, repetitions) if cut else text)
         # a missing field reads as an empty one, and python-hl7 builds a container for each
-        out.append(kept.rstrip(separator))
+        out.append(separator.join(kept).rstrip(separator))
     return "\r".join(out)
+
+
+def _cut(text: str, wanted: int, every: bool, components: str, repetitions: str) -> str:
+    """A field without the components (past `wanted`) and repetitions (past the first, unless
+    `every`) that nothing reads: python-hl7 would build a container for each. Escape sequences
+    hold no delimiters, so cutting at one never splits a sequence."""
+    reps = text.split(repetitions) if every else [text.split(repetitions, 1)[0]]
+    return repetitions.join([components.join(r.split(components, wanted)[:wanted]) for r in reps])
 
 
 class _Segment:

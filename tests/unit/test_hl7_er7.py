@@ -262,6 +262,24 @@ def test_malformed_times_are_content_errors(text: str) -> None:
     assert caught.value.ack is AckCode.error and caught.value.problem.code is ErrorCode.data_type_error
 
 
+def test_projection_cuts_fields_to_the_components_and_repetitions_read() -> None:
+    identifiers = "9434765919^^^NHS^NH^^20200101^^RXN01~K123456^^^RXN01^MR^RXN01~X7^^^OLD^PI^^2010^2015"
+    text = "\r".join(
+        [
+            msh("A02", "CUT1"),
+            evn("A02"),
+            f"PID|1||{identifiers}||SURNAME^GIVEN",
+            "PV1|1|I^X|WD10^B2^3^RXN01^^N^MAIN^2^Ward 10~OLD^1|||AMU^B1^1^RXN01^^N^MAIN^0^AMU|||"
+            "|300^General Medicine^L|||||||||V0001234^^^RXN01^VN^RXN01^20250203"
+            "|||||||||||||||||||||||||20250203140000^M",
+        ]
+    )
+    projected = project(text).split("\r")
+    assert projected[2] == "PID|9434765919^^^NHS^NH~K123456^^^RXN01^MR~X7^^^OLD^PI"
+    assert projected[3] == "PV1|I|WD10^B2^3^RXN01|AMU^B1^1^RXN01|300||V0001234^^^RXN01||20250203140000"
+    assert read_message(text) == read_message(text, project_first=False)
+
+
 # ── the faster path agrees with python-hl7 on the whole message ─────────────────────────────
 
 _DELIMITERS = st.sampled_from(["|^~\\&", "#$*@%", "|^~\\&", "!:;?/"])
