@@ -733,19 +733,21 @@ def parse_ts(text: str, where: ErrorLocation, zone: tzinfo = LONDON) -> datetime
     if not text:
         return None
     try:
-        return _timestamp(text, zone)
+        return _utc_time(text, zone)
     except _BadTimestamp as exc:
         raise error(ErrorCode.data_type_error, f"{where}: {exc.detail}", where) from exc
 
 
 class _BadTimestamp(ValueError):
+    """What is wrong with a time stamp, said without where it was: `parse_ts` adds the location."""
+
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
 
 
 @lru_cache(maxsize=4096)
-def _timestamp(text: str, zone: tzinfo) -> datetime:
+def _utc_time(text: str, zone: tzinfo) -> datetime:
     """`parse_ts` without the error location, remembered: a feed's messages share their time stamps
     (MSH-7 and EVN-2 are often one value, and a busy PAS sends many messages a second)."""
     stamp = text.split("^", 1)[0].strip()
