@@ -90,9 +90,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app = FastAPI(title="ICC ingest", version="0.1.0", lifespan=lifespan)
     app.state.runtime = runtime
     problems.install(app)
+    # Starlette tries routes in order, and each router's routes one by one: the busiest webhooks
+    # (single bed events, then the PAS's HL7 feed, a message per patient movement) come first.
     app.include_router(router)
+    app.include_router(hl7_router)
     app.include_router(json_api.router)
     app.include_router(fhir_api.router)
     app.include_router(quarantine_replay.router)
-    app.include_router(hl7_router)
     return app

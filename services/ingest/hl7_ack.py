@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from functools import lru_cache
 
 import hl7
 
@@ -34,7 +35,13 @@ def ack_control_id() -> str:
 
 
 def _timestamp(now: datetime) -> str:
-    return now.astimezone(LONDON).strftime("%Y%m%d%H%M%S%z")
+    return _local_second(now.replace(microsecond=0))
+
+
+@lru_cache(maxsize=64)
+def _local_second(second: datetime) -> str:
+    """MSH-7 of an ACK, to the second: every ACK sent within one second carries the same text."""
+    return second.astimezone(LONDON).strftime("%Y%m%d%H%M%S%z")
 
 
 class _Writer:
@@ -46,11 +53,19 @@ class _Writer:
         self._container = hl7.Message(esc=self.esc, separators="\r" + self.fs + self.rs + self.cs + self.ss)
 
     def text(self, value: str) -> str:
+        if not value or (value.isascii() and value.isalnum()):
+            return value  # delimiters are never letters or digits: nothing to escape (a trigger, say)
         ascii_only = "".join(c if " " <= c <= "~" else "?" for c in value)
         return str(self._container.escape(ascii_only))
 
     def segment(self, *fields: str) -> str:
         return self.fs.join(fields).rstrip(self.fs)
+
+
+@lru_cache(maxsize=16)
+def _writer(field_separator: str, encoding: str) -> _Writer:
+    """One writer per set of delimiters (a PAS keeps its own): it holds no state of a message."""
+    return _Writer(field_separator, encoding)
 
 
 def build_ack(
@@ -64,7 +79,7 @@ def build_ack(
 ) -> str:
     """One ACK message, segments separated by CR (with a final CR)."""
     fs, encoding = (header.field_separator, header.encoding_characters) if header else DEFAULT_DELIMITERS
-    w = _Writer(fs, encoding)
+    w = _writer(fs, encoding)
     raw = header.raw if header else {}
     version = header.version if header and header.version in _KNOWN_VERSIONS else "2.5.1"
     trigger = header.trigger if header else ""

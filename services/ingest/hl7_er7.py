@@ -1,20 +1,25 @@
 """HL7 v2 ER7 (pipe-and-hat) messages → typed ADT messages. Pure: no I/O.
 
 python-hl7 does the parsing (delimiters from MSH-1/MSH-2, repetitions, components, escape
-sequences). It builds a Python object per field, which costs about 0.7 ms for a typical ADT^A01,
-so before handing a message over we *project* it: only the segments the ADT mapping reads are kept,
-and within them only the fields it reads (the others are emptied, the tail is cut). Names,
-addresses and free text therefore never even enter the parse tree. `read_message(..., project=False)`
-parses the whole message instead; a property test shows both give the same `AdtMessage`.
+sequences). It builds a Python object per field, repetition and component, which costs about
+0.5 ms for a typical ADT^A01, so before handing a message over we *project* it: only the segments
+the ADT mapping reads are kept, within them only the fields it reads (in a compact layout, trailing
+empty ones dropped), and within those only the components and repetitions it reads. Names,
+addresses and free text therefore never even enter the parse tree. `read_message(...,
+project_first=False)` parses the whole message instead; a property test shows both give the same
+`AdtMessage`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from enum import StrEnum
+from functools import lru_cache
+from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -255,15 +260,32 @@ READ_FIELDS: dict[str, tuple[int, ...]] = {
 }
 MSH_FIELDS = 12
 _PROJECTED = {name: {n: i for i, n in enumerate(numbers, 1)} for name, numbers in READ_FIELDS.items()}
+# Within those fields, how many components are read (one where not listed), and of which
+# repetitions: PID-3, the patient's identifiers, in every repetition; any other, in the first.
+COMPONENTS_READ: dict[tuple[str, int], int] = {
+    ("PID", 3): 5,
+    ("PV1", 3): 4,
+    ("PV1", 6): 4,
+    ("PV1", 11): 4,
+    ("PV1", 19): 4,
+    ("NPU", 1): 4,
+}
+EVERY_REPETITION = frozenset({("PID", 3)})
+_EXTENTS = {
+    name: tuple((COMPONENTS_READ.get((name, n), 1), (name, n) in EVERY_REPETITION) for n in numbers)
+    for name, numbers in READ_FIELDS.items()
+}
 
 
 def project(message: str) -> str:
-    """The message reduced to MSH and the fields `read_message` looks at, each segment compacted."""
+    """The message reduced to MSH and the fields `read_message` looks at, each segment compacted
+    (trailing empty fields dropped) and each field cut to the components and repetitions read."""
     segments = message.split("\r")
     msh = segments[0]
     if len(msh) < 4 or not msh.startswith("MSH"):
         return msh
     separator = msh[3]
+    components, repetitions = (msh[4], msh[5]) if len(msh) > 5 else ("^", "~")  # MSH-2 as declared
     out = [separator.join(msh.split(separator, MSH_FIELDS)[:MSH_FIELDS])]
     for segment in segments[1:]:
         name = segment[:3]
@@ -271,8 +293,25 @@ def project(message: str) -> str:
         if numbers is None or (len(segment) > 3 and segment[3] != separator):
             continue
         parts = segment.split(separator, numbers[-1] + 1)
-        out.append(separator.join([name, *(parts[n] if n < len(parts) else "" for n in numbers)]))
+        kept = [name]
+        for n, (wanted, every) in zip(numbers, _EXTENTS[name], strict=True):
+            text = parts[n] if n < len(parts) else ""
+            if every:  # worth cutting when the repetitions hold more components than are read
+                cut = text.count(components) >= wanted * (text.count(repetitions) + 1)
+            else:
+                cut = repetitions in text or text.count(components) >= wanted
+            kept.append(_cut(text, wanted, every, components, repetitions) if cut else text)
+        # a missing field reads as an empty one, and python-hl7 builds a container for each
+        out.append(separator.join(kept).rstrip(separator))
     return "\r".join(out)
+
+
+def _cut(text: str, wanted: int, every: bool, components: str, repetitions: str) -> str:
+    """A field without the components (past `wanted`) and repetitions (past the first, unless
+    `every`) that nothing reads: python-hl7 would build a container for each. Escape sequences
+    hold no delimiters, so cutting at one never splits a sequence."""
+    reps = text.split(repetitions) if every else [text.split(repetitions, 1)[0]]
+    return repetitions.join([components.join(r.split(components, wanted)[:wanted]) for r in reps])
 
 
 class _Segment:
@@ -281,40 +320,70 @@ class _Segment:
     Values come from python-hl7's tree: a field holds either one string or repetitions, a
     repetition strings or components, a component sub-components; escape sequences are resolved
     with python-hl7's `unescape`. A unit test checks this agrees with `Segment.extract_field`.
+    Each field is turned into plain strings once, when first read: several values of a message
+    come from one field (MSH-9, PV1-19), and the mapping reads every field a projection keeps.
     """
 
-    __slots__ = ("positions", "segment")
+    __slots__ = ("fields", "name", "positions", "read", "segment")
 
-    def __init__(self, segment: Any, positions: dict[int, int] | None) -> None:
+    def __init__(self, segment: Any, positions: dict[int, int] | None, name: str | None = None) -> None:
         self.segment = segment
+        self.fields = list(segment)  # a plain list: indexing a python-hl7 container runs Python code
         self.positions = positions
+        self.name = str(self.fields[0]) if name is None else name
+        self.read: dict[int, tuple[tuple[str, ...], ...]] = {}
 
     def _field(self, number: int) -> Any:
         index = number if self.positions is None else self.positions.get(number, 0)
-        if index <= 0 or index >= len(self.segment):
+        if index <= 0 or index >= len(self.fields):
             return None
-        return self.segment[index]
+        return self.fields[index]
+
+    def _repetitions(self, number: int) -> tuple[tuple[str, ...], ...]:
+        """Field `number` as its repetitions, each its components (unescaped and stripped)."""
+        found = self.read.get(number)
+        if found is None:
+            field = self._field(number)
+            found = self.read[number] = () if field is None else _plain(field, self.segment)
+        return found
 
     def repetitions(self, number: int) -> int:
-        field = self._field(number)
-        return 0 if field is None else len(field)
+        return len(self._repetitions(number))
 
     def components(self, number: int, repetition: int = 1) -> list[str]:
         """The components of one repetition (first sub-component of each), unescaped and stripped."""
-        field = self._field(number)
-        if field is None or repetition > len(field):
-            return []
-        rep = field[repetition - 1]
-        parts = [rep] if isinstance(rep, str) else [c if isinstance(c, str) else c[0] for c in rep]
-        return [unescape(self.segment, str(p)).strip() for p in parts]
+        reps = self._repetitions(number)
+        return list(reps[repetition - 1]) if repetition <= len(reps) else []
 
     def value(self, number: int, repetition: int = 1, component: int = 1) -> str:
-        parts = self.components(number, repetition)
+        reps = self._repetitions(number)
+        if repetition > len(reps):
+            return ""
+        parts = reps[repetition - 1]
         return parts[component - 1] if component <= len(parts) else ""
 
     def location(self, number: int) -> PatientLocation:
         parts = [*self.components(number), "", "", "", ""]
         return PatientLocation(point_of_care=parts[0], room=parts[1], bed=parts[2], facility=parts[3])
+
+    def time(self, number: int, sequence: int = 1) -> datetime | None:
+        """A DTM/TS field as an aware UTC datetime (see `parse_ts`); empty → None."""
+        text = self.value(number)
+        return parse_ts(text, ErrorLocation(self.name, sequence, number)) if text else None
+
+
+def _plain(field: Any, segment: Any) -> tuple[tuple[str, ...], ...]:
+    """A parsed field as plain strings: per repetition, the first sub-component of each component,
+    unescaped (python-hl7's `unescape`, for text holding the escape character) and stripped."""
+    esc = segment.esc
+    reps = []
+    for rep in field:
+        if isinstance(rep, str):
+            parts = [rep]
+        else:
+            parts = [c if isinstance(c, str) else next(iter(c)) for c in rep]
+        reps.append(tuple([(unescape(segment, p) if esc in p else p).strip() for p in parts]))
+    return tuple(reps)
 
 
 # ── the typed message ───────────────────────────────────────────────────────────────────────
@@ -404,7 +473,7 @@ def read_message(message: str, *, project_first: bool = True) -> AdtMessage:
     """
     check_delimiters(message)
     parsed = _parse(project(message) if project_first else message)
-    header = _header(_Segment(parsed[0], None))
+    header = _header(_Segment(parsed[0], None, "MSH"))
     try:
         return _read(parsed, header, project_first)
     except Hl7Error as exc:
@@ -418,7 +487,7 @@ def read_header(message: str) -> MessageHeader:
     msh = message.split("\r", 1)[0]
     separator = msh[3]
     parsed = _parse(separator.join(msh.split(separator, MSH_FIELDS)[:MSH_FIELDS]))
-    return _header(_Segment(parsed[0], None))
+    return _header(_Segment(parsed[0], None, "MSH"))
 
 
 def check_delimiters(message: str) -> None:
@@ -439,11 +508,73 @@ def check_delimiters(message: str) -> None:
             "MSH-1 and MSH-2 must declare five distinct delimiter characters, e.g. MSH|^~\\&|",
             ErrorLocation("MSH", field=2),
         )
+    if len(message) == 8 or message[8] == "\r":
+        # python-hl7 misreads an MSH that stops after MSH-2 (it looks for the end of MSH-2 at a
+        # separator that is not there), and such a message has no type, control id or version
+        raise reject(
+            ErrorCode.required_field_missing,
+            "MSH ends after MSH-2: no message type (MSH-9), control id (MSH-10) or version (MSH-12)",
+            ErrorLocation("MSH", field=9),
+        )
+
+
+class _Built(list[Any]):
+    """Builds a python-hl7 container as its own `__init__` does, minus the re-checks.
+
+    The parser hands every container the separators it has just worked out, so `Container`'s
+    assertion and its chain of `super().__init__` calls only repeat work, once per field,
+    repetition and component (some 70 times for a projected ADT message). The result is the same
+    tree: the same classes (these are subclasses), items and attributes.
+    """
+
+    level = 0  # which of `separators` separates this container's items
+
+    def __init__(
+        self,
+        separator: str | None = None,
+        sequence: Sequence[Any] = (),
+        esc: str = "\\",
+        separators: str = "\r|~^&",
+        factory: Any = None,
+    ) -> None:
+        list.__init__(self, sequence)
+        self.separator = separators[self.level]
+        self.esc = esc
+        self.separators = separators
+        self.factory = factory if factory is not None else hl7.Factory
+
+
+class _Message(_Built, hl7.Message):  # type: ignore[misc]
+    level = 0
+
+
+class _SegmentNode(_Built, hl7.Segment):  # type: ignore[misc]
+    level = 1
+
+
+class _Field(_Built, hl7.Field):  # type: ignore[misc]
+    level = 2
+
+
+class _Repetition(_Built, hl7.Repetition):  # type: ignore[misc]
+    level = 3
+
+
+class _Component(_Built, hl7.Component):  # type: ignore[misc]
+    level = 4
+
+
+class _Factory(hl7.Factory):  # type: ignore[misc]
+    create_message = _Message
+    create_segment = _SegmentNode
+    create_field = _Field
+    create_repetition = _Repetition
+    create_component = _Component
 
 
 def _parse(text: str) -> Any:
     try:
-        return hl7.parse(text)
+        return hl7.parse(text, factory=_Factory)
     except (HL7Exception, ValueError, IndexError, AssertionError) as exc:
         raise reject(
             ErrorCode.segment_sequence, f"not an HL7 v2 message: {exc}", ErrorLocation("MSH")
@@ -456,9 +587,14 @@ def _header(msh: _Segment) -> MessageHeader:
     for number in (3, 4, 5, 6, 9, 10, 11, 12):
         field_ = msh._field(number)
         raw[number] = "" if field_ is None else str(field_)
+    problem: Hl7Error | None = None
+    try:
+        sent_at = msh.time(7)
+    except Hl7Error as exc:
+        sent_at, problem = None, exc
     header = MessageHeader(
-        field_separator=str(msh.segment[1]),
-        encoding_characters=str(msh.segment[2]),
+        field_separator=str(msh.fields[1]),
+        encoding_characters=str(msh.fields[2]),
         sending_application=msh.value(3),
         sending_facility=msh.value(4),
         receiving_application=msh.value(5),
@@ -468,13 +604,9 @@ def _header(msh: _Segment) -> MessageHeader:
         control_id=msh.value(10),
         processing_id=msh.value(11).upper(),
         version=msh.value(12),
+        sent_at=sent_at,
         raw=raw,
     )
-    problem: Hl7Error | None = None
-    try:
-        header = replace(header, sent_at=parse_ts(msh.value(7), ErrorLocation("MSH", field=7)))
-    except Hl7Error as exc:
-        problem = exc
     if not header.control_id:
         problem = reject(
             ErrorCode.required_field_missing,
@@ -508,24 +640,26 @@ def _header(msh: _Segment) -> MessageHeader:
 
 
 def _read(parsed: Any, header: MessageHeader, projected: bool) -> AdtMessage:
-    def wrap(segment: Any, name: str) -> _Segment:
-        return _Segment(segment, _PROJECTED[name] if projected else None)
-
     evn: _Segment | None = None
     npu: _Segment | None = None
     groups: list[dict[str, _Segment]] = []
-    for segment in parsed[1:]:
-        name = str(segment[0])
+    for segment in islice(parsed, 1, None):
+        read = _Segment(segment, None)
+        name = read.name
+        if name not in _PROJECTED:
+            continue
+        if projected:
+            read.positions = _PROJECTED[name]
         if name == "EVN" and evn is None:
-            evn = wrap(segment, name)
+            evn = read
         elif name == "NPU" and npu is None:
-            npu = wrap(segment, name)
+            npu = read
         elif name == "PID":
-            groups.append({"PID": wrap(segment, name)})
+            groups.append({"PID": read})
         elif name in ("PV1", "PV2"):
             if not groups or name in groups[-1]:
                 groups.append({})
-            groups[-1][name] = wrap(segment, name)
+            groups[-1][name] = read
     trigger = header.trigger or (evn.value(1).upper() if evn is not None else "")
     if not trigger:
         raise reject(
@@ -542,8 +676,8 @@ def _read(parsed: Any, header: MessageHeader, projected: bool) -> AdtMessage:
     return AdtMessage(
         header=header,
         trigger=trigger,
-        recorded_at=parse_ts(evn.value(2), ErrorLocation("EVN", field=2)) if evn else None,
-        event_occurred_at=parse_ts(evn.value(6), ErrorLocation("EVN", field=6)) if evn else None,
+        recorded_at=evn.time(2) if evn else None,
+        event_occurred_at=evn.time(6) if evn else None,
         visits=tuple(_visit(group, n) for n, group in enumerate(groups, 1)),
         npu_bed=npu.location(1) if npu else None,
         npu_bed_status=npu.value(2).upper() if npu else "",
@@ -572,13 +706,13 @@ def _visit(group: dict[str, _Segment], sequence: int) -> Visit:
             visit_number=pv1.value(19),
             visit_authority=pv1.value(19, 1, 4),
             bed_status=pv1.value(40).upper(),
-            admitted_at=parse_ts(pv1.value(44), ErrorLocation("PV1", sequence, 44)),
-            discharged_at=parse_ts(pv1.value(45), ErrorLocation("PV1", sequence, 45)),
+            admitted_at=pv1.time(44, sequence),
+            discharged_at=pv1.time(45, sequence),
         )
     if pv2 is not None:
-        expected_discharge = parse_ts(pv2.value(9), ErrorLocation("PV2", sequence, 9))
+        expected_discharge = pv2.time(9, sequence)
         fields.update(
-            expected_admit_at=parse_ts(pv2.value(8), ErrorLocation("PV2", sequence, 8)),
+            expected_admit_at=pv2.time(8, sequence),
             expected_discharge=expected_discharge.astimezone(LONDON).date() if expected_discharge else None,
             arrival_mode=pv2.value(38).upper(),
         )
@@ -598,14 +732,28 @@ def parse_ts(text: str, where: ErrorLocation, zone: tzinfo = LONDON) -> datetime
     """
     if not text:
         return None
+    try:
+        return _utc_time(text, zone)
+    except _BadTimestamp as exc:
+        raise error(ErrorCode.data_type_error, f"{where}: {exc.detail}", where) from exc
+
+
+class _BadTimestamp(ValueError):
+    """What is wrong with a time stamp, said without where it was: `parse_ts` adds the location."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+@lru_cache(maxsize=4096)
+def _utc_time(text: str, zone: tzinfo) -> datetime:
+    """`parse_ts` without the error location, remembered: a feed's messages share their time stamps
+    (MSH-7 and EVN-2 are often one value, and a busy PAS sends many messages a second)."""
     stamp = text.split("^", 1)[0].strip()
     match = _DTM.fullmatch(stamp)
     if match is None:
-        raise error(
-            ErrorCode.data_type_error,
-            f"{where}: {text!r} is not an HL7 date/time (YYYYMMDDHHMMSS±ZZZZ)",
-            where,
-        )
+        raise _BadTimestamp(f"{text!r} is not an HL7 date/time (YYYYMMDDHHMMSS±ZZZZ)")
     year, month, day, hour, minute, second, fraction, offset = match.groups()
     try:
         local = datetime(
@@ -618,14 +766,12 @@ def parse_ts(text: str, where: ErrorLocation, zone: tzinfo = LONDON) -> datetime
             int((fraction or "0").ljust(6, "0")[:6]),
         )
     except ValueError as exc:
-        raise error(
-            ErrorCode.data_type_error, f"{where}: {text!r} is not a valid date/time ({exc})", where
-        ) from exc
+        raise _BadTimestamp(f"{text!r} is not a valid date/time ({exc})") from exc
     if offset:
         sign = -1 if offset[0] == "-" else 1
         hours, minutes = int(offset[1:3]), int(offset[3:5])
         if hours > 14 or minutes > 59:
-            raise error(ErrorCode.data_type_error, f"{where}: {offset} is not a UTC offset", where)
+            raise _BadTimestamp(f"{offset} is not a UTC offset")
         delta = sign * timedelta(hours=hours, minutes=minutes)
         return (local - delta).replace(tzinfo=UTC)
     return local.replace(tzinfo=zone).astimezone(UTC)

@@ -9,12 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.ingest.hl7_ack import build_ack
 from services.ingest.hl7_er7 import (
     AckCode,
     ErrorCode,
     ErrorLocation,
     Hl7Error,
     PatientLocation,
+    _parse,
     _Segment,
     decode,
     project,
@@ -27,6 +29,7 @@ from tests.hl7_samples import MRN, NHS_NUMBER, SURNAME, VISIT, adt, batch, evn, 
 pytestmark = pytest.mark.unit
 
 A01 = adt("A01")
+NOW = datetime(2025, 7, 3, 13, 5, tzinfo=UTC)
 
 
 def parse_ts(text: str) -> datetime | None:
@@ -99,6 +102,16 @@ def test_non_default_delimiters_declared_in_msh1_and_msh2() -> None:
     assert unusual.startswith("MSH#$*@%#PAS")
     assert read(unusual).visits == read(standard).visits  # type: ignore[attr-defined]
     assert read(unusual).header.field_separator == "#"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("text", ["MSH|^~\\&", "MSH|^~\\&\rEVN|A01|20250203140500\rPV1||I|AMU"])
+def test_an_msh_that_stops_after_msh2_is_rejected_and_answered(text: str) -> None:
+    with pytest.raises(Hl7Error) as caught:
+        read_message(text)
+    assert caught.value.ack is AckCode.reject
+    assert caught.value.problem.code is ErrorCode.required_field_missing
+    ack = hl7.parse(build_ack(caught.value.header, caught.value.ack, [caught.value.problem], now=NOW))
+    assert str(ack.segment("MSA")(1)) == "AR"
 
 
 def test_escape_sequences_are_resolved() -> None:
@@ -249,6 +262,24 @@ def test_malformed_times_are_content_errors(text: str) -> None:
     assert caught.value.ack is AckCode.error and caught.value.problem.code is ErrorCode.data_type_error
 
 
+def test_projection_cuts_fields_to_the_components_and_repetitions_read() -> None:
+    identifiers = "9434765919^^^NHS^NH^^20200101^^RXN01~K123456^^^RXN01^MR^RXN01~X7^^^OLD^PI^^2010^2015"
+    text = "\r".join(
+        [
+            msh("A02", "CUT1"),
+            evn("A02"),
+            f"PID|1||{identifiers}||SURNAME^GIVEN",
+            "PV1|1|I^X|WD10^B2^3^RXN01^^N^MAIN^2^Ward 10~OLD^1|||AMU^B1^1^RXN01^^N^MAIN^0^AMU|||"
+            "|300^General Medicine^L|||||||||V0001234^^^RXN01^VN^RXN01^20250203"
+            "|||||||||||||||||||||||||20250203140000^M",
+        ]
+    )
+    projected = project(text).split("\r")
+    assert projected[2] == "PID|9434765919^^^NHS^NH~K123456^^^RXN01^MR~X7^^^OLD^PI"
+    assert projected[3] == "PV1|I|WD10^B2^3^RXN01|AMU^B1^1^RXN01|300||V0001234^^^RXN01||20250203140000"
+    assert read_message(text) == read_message(text, project_first=False)
+
+
 # ── the faster path agrees with python-hl7 on the whole message ─────────────────────────────
 
 _DELIMITERS = st.sampled_from(["|^~\\&", "#$*@%", "|^~\\&", "!:;?/"])
@@ -303,6 +334,21 @@ def _outcome(text: str, projected: bool) -> object:
 @given(_messages())
 def test_projected_parse_agrees_with_a_full_python_hl7_parse(text: str) -> None:
     assert _outcome(text, True) == _outcome(text, False)
+
+
+def _tree(node: object) -> object:
+    """A parsed node as python-hl7's class, its separators and escape, and its items, recursively."""
+    if isinstance(node, str):
+        return node
+    assert isinstance(node, hl7.Container)
+    cls = next(c for c in type(node).__mro__ if c.__module__ == "hl7.containers")
+    return (cls, node.separator, node.esc, node.separators, [_tree(item) for item in node])
+
+
+@settings(max_examples=300, deadline=None)
+@given(_messages())
+def test_the_parse_tree_is_the_one_python_hl7_builds_by_default(text: str) -> None:
+    assert _tree(_parse(text)) == _tree(hl7.parse(text))
 
 
 @settings(max_examples=300, deadline=None)
