@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import multiprocessing
+import os
 import signal
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -157,3 +159,13 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+
+
+def end_with_supervisor() -> None:
+    """For a worker process started by `multiprocessing` (a uvicorn worker): end when its supervisor
+    does, even one killed outright. A supervisor that died before this call sends no signal, so
+    that case is checked after the fact."""
+    parent = multiprocessing.parent_process()
+    die_with_parent()
+    if parent is not None and os.getppid() != parent.pid:
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -15,7 +15,14 @@ from services.gateway.live_state import LiveState
 from services.gateway.state_feed import StateFeed, seed_from_database
 from services.gateway.stream import router as stream_router
 from shared import problems
-from shared.runtime import CurrentRuntime, Runtime, die_with_parent, load_runtime, readiness, settle_heap
+from shared.runtime import (
+    CurrentRuntime,
+    Runtime,
+    end_with_supervisor,
+    load_runtime,
+    readiness,
+    settle_heap,
+)
 
 STATIC = Path(__file__).parent / "static"
 HEARTBEAT_SECONDS = 10.0
@@ -35,9 +42,9 @@ async def _heartbeats(live: LiveState, stop: asyncio.Event, drop_after: float) -
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     runtime = runtime or load_runtime()
     if runtime.settings.gateway_workers > 1:
-        # a uvicorn worker: end with the supervisor, even one killed outright, so that no orphan
-        # keeps serving (and holding the port) after it
-        die_with_parent()
+        # a uvicorn worker: end with the supervisor, even one killed outright (or before this worker
+        # got this far), so that no orphan keeps serving, and holding the port, after it
+        end_with_supervisor()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

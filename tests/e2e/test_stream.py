@@ -275,3 +275,21 @@ async def test_a_silent_client_is_closed_as_idle_and_a_pinging_one_stays(
     await pinging.ping()
     assert (await pinging.next("pong", timeout=5))["type"] == "pong", "a pinging client stays connected"
     await pinging.close()
+
+
+async def test_gateway_workers_still_starting_end_with_a_killed_supervisor(stack: Stack) -> None:
+    stack.stop_service("gateway")
+    supervisor = stack.start_service("gateway", ICC_GATEWAY_WORKERS="2")
+
+    async def spawned() -> list[int]:
+        workers = worker_processes(supervisor.pid)
+        return workers if len(workers) >= 2 else []
+
+    workers = await eventually(spawned, interval=0.02)
+    supervisor.kill()  # most likely before the workers have loaded the app
+    supervisor.wait(10)
+
+    async def workers_gone() -> bool:
+        return not any_alive(workers)
+
+    await eventually(workers_gone, timeout=30)
