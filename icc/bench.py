@@ -88,6 +88,7 @@ class Config:
     apply_events: int = 50_000
     latency_rate: float = 20.0
     latency_seconds: float = 10.0
+    per_change: bool = False  # the stream benchmark: print each change's arrivals
     latency_clients: tuple[int, ...] = (1, 100)
     partitions: int = 6
     ingest_target: float = 0.5

@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import gc
 import multiprocessing
 import os
 import resource
@@ -59,6 +60,7 @@ from icc.bench import (
 )
 from icc.embedded import die_with_parent, free_port, wait_for_port
 from shared.auth import Role, mint_token
+from shared.runtime import settle_heap
 
 WEBHOOK_PATH = "/v1/bed-events"
 WEBHOOK_SOURCE = "bedmgmt"
@@ -92,6 +94,7 @@ async def bare_server(port: int, control_port: int) -> None:
     """Subscribers connect to `port` (shared by every bare process); whatever the load generator
     sends to this process's `control_port` goes to this process's subscribers."""
     subscribers: set[websockets.ServerConnection] = set()
+    settle_heap()  # the collector settings the gateway workers run with
 
     async def subscriber(ws: websockets.ServerConnection) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):  # clients leave without a close frame
@@ -326,6 +329,11 @@ class ClientWorker:
         for client in self.clients:
             client.frames.clear()
         self.last_big = 0.0
+        # A full collection walks every connection's objects: a pause of tens of milliseconds in
+        # which arriving frames wait in the kernel and are timestamped late, on either server.
+        # The connections live until the round ends, so they are moved out of the collector's
+        # reach; the frames a round keeps hold no reference cycles.
+        settle_heap()
 
     def held(self) -> int:
         return sum(1 for c in self.clients if c.held)
@@ -379,6 +387,7 @@ class ClientWorker:
         for client in self.clients:
             client.close()
         self.clients = []
+        gc.unfreeze()
 
 
 async def _serve_commands(pipe: Connection) -> None:
@@ -457,6 +466,26 @@ class ClientPool:
                 process.kill()
 
 
+def per_change(answers: list[tuple[int, list[float | None]]], per_client: int) -> list[list[float]]:
+    """Each change's latencies over the clients that got it (each process answers client by client)."""
+    changes: list[list[float]] = [[] for _ in range(per_client)]
+    for _, latencies in answers:
+        for n, latency in enumerate(latencies):
+            if latency is not None:
+                changes[n % per_client].append(latency)
+    return changes
+
+
+def print_per_change(label: str, answers: list[tuple[int, list[float | None]]], per_client: int) -> None:
+    """First, median and last arrival of every change: an upstream delay moves all three, the
+    fan-out's spread is the distance from first to last."""
+    for n, got in enumerate(per_change(answers, per_client)):
+        if got:
+            got.sort()
+            first, median, last = got[0], got[len(got) // 2], got[-1]
+            print(f"  {label} change {n:>3}: first {first:7.1f} median {median:7.1f} last {last:7.1f} ms")
+
+
 def _row(clients: int, rate: float, answers: list[tuple[int, list[float | None]]], per_client: int) -> Row:
     held = sum(h for h, _ in answers)
     samples = [a for _, latencies in answers for a in latencies]
@@ -512,6 +541,8 @@ async def baseline_round(
                     await publisher.send(frame)
         await pool.quiet(_silence(cfg))
         answers = await pool.ask("bare_latencies", sent)
+        if cfg.per_change:
+            print_per_change("bare", answers, len(sent))
     finally:
         for publisher in publishers:
             await publisher.close()
@@ -566,6 +597,8 @@ async def icc_round(
             sent = await send_steadily(client, ingest_url, secret, plan, cfg)
             await pool.quiet(_silence(cfg))
         answers = await pool.ask("icc_latencies", sent)
+        if cfg.per_change:
+            print_per_change("ICC", answers, len(sent))
     finally:
         await pool.ask("close")
     return _row(clients, cfg.latency_rate, answers, len(sent))
@@ -601,6 +634,11 @@ def main(argv: list[str] | None = None) -> int:
         default=cpus,
         help=f"load-generator processes holding the clients (default: the CPU count, {cpus})",
     )
+    parser.add_argument(
+        "--per-change",
+        action="store_true",
+        help="also print each change's first, median and last arrival (where a slow round's time went)",
+    )
     parser.add_argument("--bare-server", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     raise_open_file_limit()
@@ -615,7 +653,10 @@ def main(argv: list[str] | None = None) -> int:
         rates *= len(counts)
     if len(rates) != len(counts):
         parser.error("--rate takes one rate, or one per client count")
-    cfgs = [replace(Config(), latency_rate=rate, latency_seconds=args.seconds) for rate in rates]
+    cfgs = [
+        replace(Config(), latency_rate=rate, latency_seconds=args.seconds, per_change=args.per_change)
+        for rate in rates
+    ]
     started = time.monotonic()
     icc_rows: list[Row] = []
     bare_rows: list[Row] = []
