@@ -10,8 +10,6 @@ is processed once; a re-post gets the same event ids back, marked duplicate, and
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +39,7 @@ from services.ingest.intake import Answer, Commit, IngestContext, Message, Rejec
 from shared.events import utcnow
 from shared.outbox import OutboxEvent
 from shared.problems import Problem
+from shared.pseudonymise import keyed_mac
 
 router = APIRouter()
 
@@ -113,7 +112,7 @@ def _version_of(key: str, facts: EncounterFacts, resource: dict[str, Any] | None
     if facts.version_id:
         return facts.version_id
     canonical = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
-    return "sha256:" + hmac.digest(key.encode(), canonical, hashlib.sha256).hex()[:32]
+    return "sha256:" + keyed_mac(key, canonical).hex()[:32]
 
 
 async def _apply(

@@ -24,8 +24,6 @@ what is known produces no event; an older numeric version than the last seen is 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -52,7 +50,7 @@ from shared.events import (
 )
 from shared.location_map import LocationMapper
 from shared.outbox import OutboxEvent
-from shared.pseudonymise import IdKind, pseudonymise
+from shared.pseudonymise import IdKind, keyed_mac, pseudonymise
 
 _NAMESPACE = uuid.UUID("5d1e6b7a-0c2f-4e8b-a3d4-9f0e1c2b3a45")
 INPATIENT_CLASSES = frozenset({"IMP", "ACUTE", "NONAC", "OBSENC", "SS", "PRENC"})
@@ -133,7 +131,7 @@ def encounter_key(key: str, source: str, facts: EncounterFacts) -> str:
     ident = (
         f"{source}|Encounter/{facts.resource_id}" if facts.resource_id else f"{source}|V/{facts.visit_number}"
     )
-    return "fhir:" + hmac.digest(key.encode(), ident.encode(), hashlib.sha256).hex()[:32]
+    return "fhir:" + keyed_mac(key, ident.encode()).hex()[:32]
 
 
 def acuity_of_priority(facts: EncounterFacts) -> int | None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import uuid
 
 from shared.events import name_based_id
-from shared.pseudonymise import IdKind, normalise, pseudonymise
+from shared.pseudonymise import IdKind, keyed_mac, normalise, pseudonymise
 
 
 def nhs_number_valid(value: str) -> bool:
@@ -37,4 +35,4 @@ def content_event_id(key: str, namespace: uuid.UUID, content: str) -> uuid.UUID:
     Keyed like the pseudonyms: the content may hold an NHS number, and a plain hash of it would be
     published in the event id.
     """
-    return name_based_id(namespace, hmac.digest(key.encode(), content.encode(), hashlib.sha256).hex())
+    return name_based_id(namespace, keyed_mac(key, content.encode()).hex())

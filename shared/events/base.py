@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -9,3 +11,6 @@ class Payload(BaseModel):
     """A typed event payload; `event_type` (a Literal on each subclass) is the union's discriminator."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    if TYPE_CHECKING:  # each subclass declares it as a Literal field with its one value as default
+        event_type: str

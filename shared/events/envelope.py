@@ -152,7 +152,7 @@ class Envelope(BaseModel):
 
     @classmethod
     def wrap(cls, payload: Payload, **fields: Any) -> Envelope:
-        return cls(event_type=type(payload).model_fields["event_type"].default, payload=payload, **fields)
+        return cls(event_type=payload.event_type, payload=payload, **fields)
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from services.ingest.source_auth import RateLimiter
 from shared.auth import AuthError, api_key_digest, verify_api_key
 from shared.organisation import Organisation
 from shared.problems import Problem
-from shared.pseudonymise import normalise
+from shared.pseudonymise import IdKind, keyed_mac, normalise, pseudonymise
 
 pytestmark = pytest.mark.unit
 
@@ -116,3 +118,17 @@ def test_location_map_is_reloaded_when_its_file_changes(tmp_path: Path, org: Org
 @given(st.text())
 def test_normalise_keeps_its_meaning_with_the_fast_path(value: str) -> None:
     assert normalise(value) == "".join(ch for ch in value.strip().upper() if ch.isalnum())
+
+
+@given(st.lists(st.tuples(st.text(max_size=100), st.binary(max_size=300)), min_size=1, max_size=12))
+def test_keyed_mac_is_hmac_sha256_under_each_key(cases: list[tuple[str, bytes]]) -> None:
+    """Keys longer than SHA-256's block are hashed first by HMAC; the copied key state must agree."""
+    for key, message in cases:
+        assert keyed_mac(key, message) == hmac.digest(key.encode(), message, hashlib.sha256)
+
+
+def test_pseudonyms_are_the_keyed_hmac_of_kind_issuer_and_normalised_value() -> None:
+    """Stored pseudonyms must stay what they were: this is their definition."""
+    key = "k" * 40
+    expected = hmac.digest(key.encode(), b"mrn|RXN01|M12", hashlib.sha256).hex()[:32]
+    assert pseudonymise(key, IdKind.mrn, " m-12 ", issuer=" rxn01") == f"mrn:{expected}"
