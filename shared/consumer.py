@@ -98,6 +98,7 @@ class StoredOffsetConsumer:
         partitions: int,
         max_records: int = 2000,
         max_attempts: int = 4,
+        fetch_wait_ms: int = FETCH_WAIT_MS,
     ) -> None:
         self.bootstrap = bootstrap
         self.pool = pool
@@ -106,6 +107,7 @@ class StoredOffsetConsumer:
         self.handler = handler
         self.max_records = max_records
         self.max_attempts = max_attempts
+        self.fetch_wait_ms = fetch_wait_ms
         self.stats = ConsumerStats()
         self.incarnation = ""
         self.positions: dict[TopicPartition, _PartitionPosition] = {}
@@ -164,7 +166,7 @@ class StoredOffsetConsumer:
             max_poll_records=self.max_records,
             fetch_max_bytes=16 * 1024 * 1024,
             max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_wait_ms=FETCH_WAIT_MS,
+            fetch_max_wait_ms=self.fetch_wait_ms,
         )
         self._consumer = consumer
         await consumer.start()

@@ -22,9 +22,12 @@ from shared import topics
 log = logging.getLogger(__name__)
 
 OUTBOX_ID_HEADER = "icc-outbox-id"
-# The embedded broker answers a long-poll fetch only when its wait expires, not when data arrives,
-# so consumers wait briefly: every hop of the pipeline costs up to this much latency (half of it on
-# average). Shorter costs idle CPU: each consumer then asks the broker 1000/FETCH_WAIT_MS times a second.
+# How long a consumer's fetch may wait at the broker for data (`ICC_KAFKA_FETCH_WAIT_MS`). The
+# embedded broker answers a long-poll fetch only when its wait expires, not when data arrives, so by
+# default consumers wait briefly: every hop of the pipeline costs up to this much latency (half of it
+# on average), and each consumer asks the broker 1000/FETCH_WAIT_MS times a second when idle. A Kafka
+# broker answers as soon as data arrives: there, a long wait (500 ms) costs no latency and spares
+# that idle polling.
 FETCH_WAIT_MS = 10
 EVENT_TYPE_HEADER = "icc-event-type"
 

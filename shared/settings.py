@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     mllp_sources: str = Field(default="127.0.0.1=pas,::1=pas", alias="ICC_MLLP_SOURCES")
 
     topic_partitions: int = Field(default=6, alias="ICC_TOPIC_PARTITIONS")
+    # How long a consumer's fetch waits at the broker for data: short for the embedded broker, which
+    # answers only when the wait expires; 500 for Kafka, which answers when data arrives (shared.kafka).
+    kafka_fetch_wait_ms: int = Field(default=10, ge=1, le=30_000, alias="ICC_KAFKA_FETCH_WAIT_MS")
     outbox_retention_hours: float = Field(default=24.0, alias="ICC_OUTBOX_RETENTION_HOURS")
     # How long a taken HL7 message is remembered, so that a re-send is answered without new events.
     hl7_dedup_days: float = Field(default=30.0, alias="ICC_HL7_DEDUP_DAYS")

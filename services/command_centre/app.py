@@ -68,6 +68,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             topic_names=[topics.BEDS.name, topics.EDFLOW.name],
             handler=projection,
             partitions=settings.topic_partitions,
+            fetch_wait_ms=settings.kafka_fetch_wait_ms,
         )
         relay = OutboxRelay(
             runtime.database_url,

@@ -51,7 +51,12 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         await runtime.start(pool_size=2)
         live = LiveState(runtime.org)
         await seed_from_database(runtime.db, live)
-        feed = StateFeed(runtime.bootstrap, live, partitions=runtime.settings.topic_partitions)
+        feed = StateFeed(
+            runtime.bootstrap,
+            live,
+            partitions=runtime.settings.topic_partitions,
+            fetch_wait_ms=runtime.settings.kafka_fetch_wait_ms,
+        )
         command_centre = httpx.AsyncClient(base_url=runtime.settings.command_centre_url, timeout=10.0)
         runtime.extra.update(live=live, feed=feed, command_centre=command_centre)
         stop = asyncio.Event()

@@ -46,10 +46,13 @@ def escalation_view(row: asyncpg.Record) -> dict[str, Any]:
 
 
 class StateFeed:
-    def __init__(self, bootstrap: str, live: LiveState, *, partitions: int) -> None:
+    def __init__(
+        self, bootstrap: str, live: LiveState, *, partitions: int, fetch_wait_ms: int = FETCH_WAIT_MS
+    ) -> None:
         self.bootstrap = bootstrap
         self.live = live
         self.partitions = partitions
+        self.fetch_wait_ms = fetch_wait_ms
         self.undecodable = 0
         self.running = False
 
@@ -61,7 +64,7 @@ class StateFeed:
         probe = IncarnationProbe(self.bootstrap, self.partitions)
         incarnation = await probe.current()
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=self.fetch_wait_ms
         )
         try:
             await consumer.start()
