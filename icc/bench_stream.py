@@ -66,6 +66,7 @@ WEBHOOK_PATH = "/v1/bed-events"
 WEBHOOK_SOURCE = "bedmgmt"
 CONNECTING_AT_ONCE = 64  # handshakes in flight per client process
 PING_SECONDS = 15.0  # the stream protocol's client ping (the gateway closes idle clients after 45 s)
+PING_STEP_SECONDS = 0.1  # pings are spread over the interval in steps this long
 BIG_FRAME = 200  # bytes: deltas are larger, pongs and heartbeats smaller
 STRAGGLER_SECONDS = 30.0  # a change not seen this long after the round's last frame is lost
 
@@ -319,11 +320,18 @@ class ClientWorker:
         return len(self.clients)
 
     async def _ping(self) -> None:
+        """Every client pings every PING_SECONDS, each at its own phase, as independent screens do:
+        all of them at once would be a burst of thousands of messages that real screens never send."""
         ping = orjson.dumps({"type": "ping"})
+        steps = int(PING_SECONDS / PING_STEP_SECONDS)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         while True:
-            for client in self.clients:
-                client.send(ping)
-            await asyncio.sleep(PING_SECONDS)
+            for step in range(steps):
+                for client in self.clients[step::steps]:
+                    client.send(ping)
+                start += PING_STEP_SECONDS
+                await asyncio.sleep(max(0.0, start - loop.time()))
 
     def clear(self) -> None:
         for client in self.clients:
