@@ -240,6 +240,21 @@ class EscalationTimeline(SQLModel, table=True):
     detail: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
 
 
+class EscalationRuleTrack(SQLModel, table=True):
+    """What the rule evaluator remembers of one rule at one scope (escalation_policy.RuleTrack), so a
+    restart or a rebalance keeps a minimum-duration wait and flap detection; idle tracks have no row."""
+
+    __tablename__ = "escalation_rule_track"
+    __table_args__ = (Index("ix_escalation_rule_track_site", "site_id"),)
+    dedup_key: str = Field(primary_key=True)
+    site_id: str
+    active: bool
+    holding_since: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    held_open: bool
+    changes: list[datetime] = Field(sa_column=Column(ARRAY(DateTime(timezone=True)), nullable=False))
+    updated_at: datetime = _ts()
+
+
 class EscalationDelivery(SQLModel, table=True):
     """An escalation change queued for an outbound notifier, with every attempt logged."""
 

@@ -2,7 +2,10 @@
 
 Called from the state projection right after a site's metrics are computed, inside the same
 transaction: a raised, refreshed, auto-resolved or promoted escalation commits atomically with the
-state that caused it. The owner of a site's partition therefore owns that site's timers too.
+state that caused it. The owner of a site's partition therefore owns that site's timers too. The
+rules' evaluation state (how long a condition has held, its recent changes) is stored in that
+transaction as well, so a restart or a rebalance neither restarts a minimum-duration wait nor
+forgets flapping.
 """
 
 from __future__ import annotations
@@ -34,9 +37,14 @@ class EscalationEngine:
         self.evaluator = Evaluator(rules)
         self.conflicts = 0
         self.notifiers = notifiers
+        self.loaded: set[str] = set()  # sites whose stored rule tracks are in the evaluator
 
     def forget(self) -> None:
+        """Memory may be ahead of the database (a rolled-back batch) or about sites now owned by
+        another replica: drop it, and read the stored tracks again when a site is next evaluated."""
         self.evaluator.tracks.clear()
+        self.evaluator.changed.clear()
+        self.loaded.clear()
 
     async def evaluate_site(
         self,
@@ -46,10 +54,13 @@ class EscalationEngine:
         site: dict[str, Any],
         now: datetime,
     ) -> None:
+        if site_id not in self.loaded:  # after a start, a restart or a rebalance
+            self.evaluator.tracks.update(await store.load_tracks(conn, site_id))
+            self.loaded.add(site_id)
         active = {e.dedup_key: e for e in await store.active_for_site(conn, site_id)}
         for esc in active.values():
             if esc.rule is not None and esc.dedup_key not in self.evaluator.tracks:
-                self.evaluator.restore(esc.dedup_key)  # after a restart or a rebalance
+                self.evaluator.restore(esc.dedup_key)
         for ward_id, values in wards.items():
             for decision in self.evaluator.evaluate(Tier.ward, f"ward:{ward_id}", values, now):
                 await self._apply(conn, decision, active, site_id, now)
@@ -60,6 +71,10 @@ class EscalationEngine:
             await self._apply(conn, decision, active, site_id, now, links=links)
         for esc in list(active.values()):
             await self._timers(conn, esc, now)
+        # how long each condition has held, and its recent changes, commit with what they caused
+        changed = self.evaluator.take_changed()
+        if changed:
+            await store.save_tracks(conn, site_id, changed)
 
     async def _apply(
         self,

@@ -184,6 +184,14 @@ class RuleTrack:
     held_open: bool = False  # cleared while flapping: the escalation stays open until it calms down
     changes: deque[datetime] = field(default_factory=deque)
 
+    def memory(self) -> tuple[bool, datetime | None, bool, tuple[datetime, ...]]:
+        """Everything the track remembers; all empty for a track with nothing to remember."""
+        return (self.active, self.holding_since, self.held_open, tuple(self.changes))
+
+    @property
+    def idle(self) -> bool:
+        return not (self.active or self.holding_since or self.held_open or self.changes)
+
 
 class Evaluator:
     """Feeds metric values through the rules; returns what changed for each (rule, scope)."""
@@ -191,10 +199,18 @@ class Evaluator:
     def __init__(self, rules: RuleSet) -> None:
         self.rules = rules
         self.tracks: dict[str, RuleTrack] = {}
+        # keys whose track changed since the caller last took them (`take_changed`), to be stored
+        self.changed: set[str] = set()
+
+    def take_changed(self) -> dict[str, RuleTrack]:
+        changed, self.changed = self.changed, set()
+        return {key: self.tracks[key] for key in changed}
 
     def restore(self, key: str) -> None:
-        """An escalation is already open for this key (after a restart): the rule is active."""
+        """An escalation is open for this key but no track was stored (kept from before tracks were
+        stored): the rule is active."""
         self.tracks.setdefault(key, RuleTrack()).active = True
+        self.changed.add(key)
 
     def evaluate(self, tier: Tier, scope: str, values: dict[str, Any], now: datetime) -> list[Decision]:
         decisions: list[Decision] = []
@@ -209,6 +225,15 @@ class Evaluator:
     def _one(self, rule: Rule, scope: str, values: dict[str, Any], now: datetime) -> Decision | None:
         key = dedup_key(rule.id, scope)
         track = self.tracks.setdefault(key, RuleTrack())
+        before = track.memory()
+        decision = self._decide(rule, scope, track, values, now)
+        if track.memory() != before:
+            self.changed.add(key)
+        return decision
+
+    def _decide(
+        self, rule: Rule, scope: str, track: RuleTrack, values: dict[str, Any], now: datetime
+    ) -> Decision | None:
         seen = {c.metric: _number(values.get(c.metric)) for c in rule.all}
         if track.active:
             # clears when any condition has crossed its clear threshold (a missing value clears nothing)

@@ -7,12 +7,13 @@ that same transaction, so the change, its audit trail and its event commit toget
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
-from services.command_centre.escalation_policy import Severity
+from services.command_centre.escalation_policy import RuleTrack, Severity
 from services.command_centre.escalations import Escalation, Status, TimelineEntry
 from services.command_centre.notifiers import enqueue
 from shared import topics
@@ -179,3 +180,40 @@ async def timeline(conn: asyncpg.Connection | asyncpg.Pool, escalation_id: uuid.
         escalation_id,
     )
     return [dict(r) for r in rows]
+
+
+async def load_tracks(conn: asyncpg.Connection, site_id: str) -> dict[str, RuleTrack]:
+    """The rules' evaluation state for a site's scopes, as the last owner stored it."""
+    return {
+        row["dedup_key"]: RuleTrack(
+            active=row["active"],
+            holding_since=row["holding_since"],
+            held_open=row["held_open"],
+            changes=deque(row["changes"]),
+        )
+        for row in await conn.fetch(
+            "SELECT dedup_key, active, holding_since, held_open, changes "
+            "FROM escalation_rule_track WHERE site_id = $1",
+            site_id,
+        )
+    }
+
+
+async def save_tracks(conn: asyncpg.Connection, site_id: str, tracks: dict[str, RuleTrack]) -> None:
+    """Store changed tracks in the caller's transaction; a track with nothing to remember is deleted."""
+    idle = [key for key, track in tracks.items() if track.idle]
+    kept = [(key, track) for key, track in tracks.items() if not track.idle]
+    if idle:
+        await conn.execute("DELETE FROM escalation_rule_track WHERE dedup_key = ANY($1::text[])", idle)
+    if kept:
+        await conn.executemany(
+            """
+            INSERT INTO escalation_rule_track
+                (dedup_key, site_id, active, holding_since, held_open, changes)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (dedup_key) DO UPDATE
+            SET site_id = $2, active = $3, holding_since = $4, held_open = $5, changes = $6,
+                updated_at = now()
+            """,
+            [(key, site_id, t.active, t.holding_since, t.held_open, list(t.changes)) for key, t in kept],
+        )

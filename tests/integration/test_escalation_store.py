@@ -174,3 +174,62 @@ async def test_webhook_is_signed_retried_logged_and_dead_lettered(
     dead = await pool.fetchrow("SELECT status, attempts FROM escalation_delivery WHERE status <> 'delivered'")
     assert (dead["status"], dead["attempts"]) == ("dead", 2)
     assert loop.dead == 1
+
+
+HELD_RULES = RuleSet.model_validate(
+    {
+        "version": "test",
+        "ack_timeout_seconds": {"ward": 60, "site": 600, "system": 3600},
+        "rules": [
+            {
+                "id": "ward-full-15",
+                "description": "Ward has had no available beds for 15 minutes",
+                "tier": "ward",
+                "for_minutes": 15,
+                "all": [{"metric": "available", "op": "<=", "value": 0, "clear": 2}],
+            }
+        ],
+    }
+)
+
+
+async def test_a_restart_or_rebalance_keeps_how_long_a_condition_has_held(
+    pool: asyncpg.Pool, org: Organisation
+) -> None:
+    """A replica that evaluated the first 10 minutes of a 15-minute wait is replaced (a restart, a
+    rebalance): the new owner raises 5 minutes later, not 15."""
+    await evaluate(pool, EscalationEngine(HELD_RULES, org), {WARD: 0}, T0)
+    await evaluate(pool, EscalationEngine(HELD_RULES, org), {WARD: 0}, T0 + timedelta(minutes=10))
+    assert await pool.fetchval("SELECT count(*) FROM escalation") == 0
+    track = await pool.fetchrow("SELECT site_id, active, holding_since FROM escalation_rule_track")
+    assert (track["site_id"], track["active"], track["holding_since"]) == ("RXN01", False, T0)
+
+    engine = EscalationEngine(HELD_RULES, org)
+    await evaluate(pool, engine, {WARD: 0}, T0 + timedelta(minutes=15, seconds=1))
+    rows = await pool.fetch("SELECT rule, status FROM escalation")
+    assert [(r["rule"], r["status"]) for r in rows] == [("ward-full-15", "open")]
+
+    # the same replica losing and regaining the site (a rebalance) reads the stored track again
+    engine.forget()
+    await evaluate(pool, engine, {WARD: 0}, T0 + timedelta(minutes=16))
+    assert await pool.fetchval("SELECT count(*) FROM escalation") == 1  # still active: not raised twice
+
+    # cleared past its hysteresis, nothing left to remember: the row goes
+    await evaluate(pool, engine, {WARD: 3}, T0 + timedelta(minutes=17))
+    assert await pool.fetchval("SELECT status FROM escalation") == "auto_resolved"
+    assert await pool.fetchval("SELECT count(*) FROM escalation_rule_track") == 0
+
+
+async def test_a_rolled_back_evaluation_leaves_the_stored_track_as_it_was(
+    pool: asyncpg.Pool, org: Organisation
+) -> None:
+    engine = EscalationEngine(HELD_RULES, org)
+    await evaluate(pool, engine, {WARD: 0}, T0)
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        await engine.evaluate_site(conn, "RXN01", {WARD: {"available": 5}}, {"opel_level": 1}, T0)
+        await transaction.rollback()
+    engine.forget()  # what the consumer does when a batch fails
+    await evaluate(pool, engine, {WARD: 0}, T0 + timedelta(minutes=15, seconds=1))
+    assert await pool.fetchval("SELECT count(*) FROM escalation") == 1

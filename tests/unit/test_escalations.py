@@ -90,6 +90,20 @@ def test_unknown_metric_is_refused() -> None:
         bad.check_metrics({"available"}, set())
 
 
+def test_only_tracks_that_changed_are_handed_over_for_storing() -> None:
+    """The evaluation runs on every batch of every site: a steady condition must write nothing."""
+    ev = Evaluator(rules())
+    ev.evaluate(Tier.ward, "ward:W", {"available": 3}, at(0))
+    assert ev.take_changed() == {}
+    ev.evaluate(Tier.ward, "ward:W", {"available": 0}, at(1))
+    changed = ev.take_changed()
+    assert list(changed) == ["no-beds@ward:W"] and changed["no-beds@ward:W"].holding_since == at(1)
+    ev.evaluate(Tier.ward, "ward:W", {"available": 0}, at(2))  # still holding since at(1)
+    assert ev.take_changed() == {}
+    ev.evaluate(Tier.ward, "ward:W", {"available": 2}, at(3))
+    assert changed == ev.take_changed() and changed["no-beds@ward:W"].idle
+
+
 def test_minimum_duration_before_raising() -> None:
     ev = Evaluator(rules())
     assert ev.evaluate(Tier.ward, "ward:W", {"available": 0}, at(0)) == []
