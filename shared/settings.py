@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     # one still behind its queue for this long is closed (4408).
     stream_idle_seconds: float = Field(default=45.0, gt=0, alias="ICC_STREAM_IDLE_SECONDS")
     stream_drop_after_seconds: float = Field(default=30.0, gt=0, alias="ICC_STREAM_DROP_AFTER_SECONDS")
+    # Frames a connection may have waiting before its updates are coalesced (and `resync` is sent).
+    stream_queue_frames: int = Field(default=1000, ge=2, alias="ICC_STREAM_QUEUE_FRAMES")
+    # The kernel's send buffer of each stream connection (SO_SNDBUF). Bounded, a client that stops
+    # reading holds at most this much kernel memory and is noticed sooner; 0 leaves the kernel's
+    # autotuning, which lets each connection grow to `net.ipv4.tcp_wmem`'s maximum (often 4 MiB).
+    stream_send_buffer_bytes: int = Field(default=262_144, ge=0, alias="ICC_STREAM_SEND_BUFFER_BYTES")
     feeds_port: int = Field(default=8704, alias="ICC_FEEDS_PORT")
     broker_port: int = Field(default=9092, alias="ICC_BROKER_PORT")
     # HL7 v2 over MLLP (TCP) into ingest: 0 is off; `icc up` turns it on at 2575.

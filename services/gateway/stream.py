@@ -16,7 +16,7 @@ import httpx
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from services.gateway.direct_send import direct_write, text_frame
+from services.gateway.direct_send import direct_abort, direct_write, text_frame
 from services.gateway.live_state import CLOSE_TOO_SLOW, LiveState, Subscriber
 from shared.auth import AuthError, Principal, Scope, exists, verify_token
 from shared.runtime import Runtime
@@ -29,6 +29,9 @@ CLOSE_BAD_MESSAGE = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_IDLE = 4410
+# A connection closed as too slow must take the close frame within this long, or it is cut off:
+# a peer whose socket stays open but never reads (a frozen screen) would otherwise hold it forever.
+CLOSE_DEADLINE_SECONDS = 10.0
 PONG = orjson.dumps({"type": "pong"}).decode()
 PONG_FRAME = text_frame(PONG)
 
@@ -127,7 +130,7 @@ async def stream(ws: WebSocket) -> None:
     if authenticated is None:
         return
     principal, token = authenticated
-    subscriber = Subscriber(direct=direct_write(ws.scope))
+    subscriber = Subscriber(direct=direct_write(ws.scope), limit=runtime.settings.stream_queue_frames)
     await ws.send_text(
         orjson.dumps(
             {
@@ -192,8 +195,7 @@ async def stream(ws: WebSocket) -> None:
             raise  # the server is stopping
         handler.uncancel()
         if ended_by[0] is slow:
-            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-                await ws.close(CLOSE_TOO_SLOW, "client too slow; reconnect for a fresh snapshot")
+            await _close_too_slow(ws)
     except WebSocketDisconnect:
         return
     except ValueError as exc:
@@ -204,3 +206,17 @@ async def stream(ws: WebSocket) -> None:
         live.unsubscribe(subscriber)
         sender.cancel()
         slow.cancel()
+
+
+async def _close_too_slow(ws: WebSocket) -> None:
+    """Close with 4408; cut the connection off if even the close frame cannot go out in time."""
+    try:
+        async with asyncio.timeout(CLOSE_DEADLINE_SECONDS):
+            await ws.close(CLOSE_TOO_SLOW, "client too slow; reconnect for a fresh snapshot")
+    except (RuntimeError, WebSocketDisconnect):
+        return  # already closed or gone
+    except TimeoutError:
+        abort = direct_abort(ws.scope)
+        if abort is not None:
+            log.info("stream connection cut off: it took no frame, not even the close, for too long")
+            abort()

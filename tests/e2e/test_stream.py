@@ -4,7 +4,9 @@ cursor resumes it on any replica, before or after a restart, without loss or dup
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import websockets
 from icc.embedded import free_port, wait_for_port
 from icc.stack import Stack
 from icc.watch import watch
+from services.gateway.stream import CLOSE_DEADLINE_SECONDS
 from shared.auth import Role
 from shared.secrets_store import Secrets
 from tests.conftest import eventually
@@ -233,6 +236,66 @@ async def test_a_client_that_never_reads_does_not_delay_the_others(
             assert delta["ward"]["ward_id"] == "RXN02-W1"
     await live.close()
     await stalled.close()
+
+
+async def stalled_client(gateway: str, jwt: str) -> websockets.ClientConnection:
+    """A screen that subscribes to the whole system and then reads nothing: tiny receive buffers,
+    and the client library stops reading as soon as one message waits."""
+    host, port = gateway.removeprefix("http://").rsplit(":", 1)
+    small = socket.socket()
+    small.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    small.connect((host, int(port)))
+    ws = await websockets.connect(
+        gateway.replace("http", "ws", 1) + "/v1/stream", sock=small, max_queue=1, max_size=2**20
+    )
+    await ws.send(orjson.dumps({"type": "auth", "token": jwt}).decode())
+    await ws.send(orjson.dumps({"type": "subscribe", "scope": "system:QXN"}).decode())
+    return ws
+
+
+async def test_a_client_that_stays_behind_is_closed_as_too_slow_and_the_others_are_served(
+    stack: Stack, test_secrets: Secrets
+) -> None:
+    """Screens that stop reading (a tablet asleep with its socket open): once the kernel buffers,
+    bounded by ICC_STREAM_SEND_BUFFER_BYTES, and the queue are full, each is coalesced and then
+    closed with 4408, or cut off if it does not take the close frame either; a reading screen gets
+    every change meanwhile."""
+    stack.stop_service("gateway")
+    stack.start_service(
+        "gateway",
+        ICC_STREAM_QUEUE_FRAMES="4",
+        ICC_STREAM_DROP_AFTER_SECONDS="2",
+        ICC_STREAM_SEND_BUFFER_BYTES="4096",
+    )
+    await asyncio.to_thread(stack.wait_ready, "gateway")
+    jwt = token(test_secrets, Role.wall_display, "system:QXN")
+    gateway = stack.url_of("gateway")
+    stalled = await stalled_client(gateway, jwt)  # reads again once it has been dropped
+    frozen = await stalled_client(gateway, jwt)  # never reads again: not even the close frame
+    live = await StreamClient.connect(gateway, jwt, "system:QXN")
+    await live.next("snapshot")
+    async with httpx.AsyncClient() as client:
+        for i in range(1, 41):
+            status = "occupied" if i % 2 else "unoccupied"
+            await post_bed(client, stack, test_secrets, "RXN02-W1-B1-1", status)
+            await live.until(lambda d, s=status: bed_of(d, "RXN02-W1-B1-1") == s, timeout=10)
+    # behind for longer than the 2 s allowed (checked every second): the gateway closes it
+    await asyncio.sleep(4)
+    with pytest.raises(websockets.ConnectionClosed):
+        async with asyncio.timeout(30):
+            while True:
+                await stalled.recv()  # what was already on its way, then the close
+    assert stalled.close_code == 4408
+    assert "reconnect" in (stalled.close_reason or "")
+    # a connection that cannot take even the close frame is cut off (reset) after
+    # CLOSE_DEADLINE_SECONDS, rather than left to wait for a reader that never comes
+    await asyncio.sleep(CLOSE_DEADLINE_SECONDS + 2)
+    frozen_socket = frozen.transport.get_extra_info("socket")
+    assert frozen_socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
+    await frozen.close()
+    await live.ping()
+    assert (await live.next("pong", timeout=5))["type"] == "pong", "the reading client stays connected"
+    await live.close()
 
 
 async def test_icc_watch_prints_the_feed(stack: Stack, test_secrets: Secrets) -> None:

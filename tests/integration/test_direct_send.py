@@ -1,10 +1,12 @@
 """The gateway's WebSocket protocol and its direct-send extension, over a real socket: frames
-written directly and frames sent through ASGI arrive in order, and a closing connection refuses."""
+written directly and frames sent through ASGI arrive in order, a closing connection refuses, the
+send buffer is bounded, and `abort` cuts a connection off."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,9 +15,11 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from icc.embedded import free_port
-from services.gateway.direct_send import DirectSendProtocol, direct_write, text_frame
+from services.gateway.direct_send import DirectSendProtocol, direct_abort, direct_write, text_frame
+from shared.settings import get_settings
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
@@ -80,3 +84,30 @@ async def test_another_server_offers_no_direct_write() -> None:
             with contextlib.suppress(Exception):
                 await client.recv()
     assert offered == [None]
+
+
+async def test_the_send_buffer_is_bounded_and_abort_cuts_the_connection_off() -> None:
+    """The kernel send buffer is the configured size (Linux reports twice what was set), and `abort`
+    ends the connection at once, without a close frame."""
+    buffers: list[int] = []
+
+    async def endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        write = direct_write(ws.scope)
+        assert write is not None
+        sock = write.__self__.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+        buffers.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+        await ws.send_text("hello")
+        abort = direct_abort(ws.scope)
+        assert abort is not None
+        abort()
+        with contextlib.suppress(Exception):
+            await ws.receive_text()
+
+    async with serving(Starlette(routes=[WebSocketRoute("/ws", endpoint)])) as port:
+        async with connect(f"ws://127.0.0.1:{port}/ws", compression=None) as client:
+            assert await client.recv() == "hello"
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(client.recv(), 10)
+            assert client.close_code == 1006
+    assert buffers == [2 * get_settings().stream_send_buffer_bytes]
