@@ -489,8 +489,7 @@ def print_per_change(label: str, answers: list[tuple[int, list[float | None]]], 
     fan-out's spread is the distance from first to last."""
     for n, got in enumerate(per_change(answers, per_client)):
         if got:
-            got.sort()
-            first, median, last = got[0], got[len(got) // 2], got[-1]
+            first, median, last = min(got), percentile(got, 50), max(got)
             print(f"  {label} change {n:>3}: first {first:7.1f} median {median:7.1f} last {last:7.1f} ms")
 
 

@@ -190,7 +190,7 @@ class RuleTrack:
 
     @property
     def idle(self) -> bool:
-        return not (self.active or self.holding_since or self.held_open or self.changes)
+        return not any(self.memory())
 
 
 class Evaluator:

@@ -176,20 +176,9 @@ async def test_webhook_is_signed_retried_logged_and_dead_lettered(
     assert loop.dead == 1
 
 
-HELD_RULES = RuleSet.model_validate(
-    {
-        "version": "test",
-        "ack_timeout_seconds": {"ward": 60, "site": 600, "system": 3600},
-        "rules": [
-            {
-                "id": "ward-full-15",
-                "description": "Ward has had no available beds for 15 minutes",
-                "tier": "ward",
-                "for_minutes": 15,
-                "all": [{"metric": "available", "op": "<=", "value": 0, "clear": 2}],
-            }
-        ],
-    }
+# the ward rule of RULES, raised only once its condition has held for 15 minutes
+HELD_RULES = RULES.model_copy(
+    update={"rules": (RULES.rules[0].model_copy(update={"id": "ward-full-15", "for_minutes": 15}),)}
 )
 
 
