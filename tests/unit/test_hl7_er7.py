@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import hl7
@@ -349,6 +350,20 @@ def _tree(node: object) -> object:
 @given(_messages())
 def test_the_parse_tree_is_the_one_python_hl7_builds_by_default(text: str) -> None:
     assert _tree(_parse(text)) == _tree(hl7.parse(text))
+
+
+def _tree_or_refusal(parse: Callable[[str], object], text: str) -> object:
+    try:
+        return _tree(parse(text))
+    except Exception:  # what matters is that both refuse
+        return "refused"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="MSHBF|^~\\&#!\r\n ABC12", max_size=60).map(lambda t: "MSH" + t))
+def test_any_text_parses_to_python_hl7s_tree_or_is_refused_as_python_hl7_refuses_it(text: str) -> None:
+    ours = _tree_or_refusal(_parse, text)
+    assert ours == _tree_or_refusal(hl7.parse, text)
 
 
 @settings(max_examples=300, deadline=None)
