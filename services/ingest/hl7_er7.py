@@ -331,7 +331,7 @@ class _Segment:
         self.segment = segment
         self.fields = list(segment)  # a plain list: indexing a python-hl7 container runs Python code
         self.positions = positions
-        self.name = str(self.fields[0]) if name is None else name
+        self.name = _text(self.fields[0]) if name is None else name
         self.read: dict[int, tuple[tuple[str, ...], ...]] = {}
 
     def _field(self, number: int) -> Any:
@@ -370,7 +370,20 @@ class _Segment:
     def time(self, number: int, sequence: int = 1) -> datetime | None:
         """A DTM/TS field as an aware UTC datetime (see `parse_ts`); empty → None."""
         text = self.value(number)
-        return parse_ts(text, ErrorLocation(self.name, sequence, number)) if text else None
+        if not text:
+            return None
+        try:
+            return _utc_time(text, LONDON)
+        except _BadTimestamp:  # said again by parse_ts, with where
+            return parse_ts(text, ErrorLocation(self.name, sequence, number))
+
+
+def _text(node: Any) -> str:
+    """A parsed node as its text, still escaped (`str(node)`, without the recursion for the usual
+    node: a field or component holding one plain string)."""
+    if len(node) == 1 and isinstance(node[0], str):
+        return node[0]
+    return str(node)
 
 
 def _plain(field: Any, segment: Any) -> tuple[tuple[str, ...], ...]:
@@ -632,15 +645,15 @@ def _header(msh: _Segment) -> MessageHeader:
     raw = {}
     for number in (3, 4, 5, 6, 9, 10, 11, 12):
         field_ = msh._field(number)
-        raw[number] = "" if field_ is None else str(field_)
+        raw[number] = "" if field_ is None else _text(field_)
     problem: Hl7Error | None = None
     try:
         sent_at = msh.time(7)
     except Hl7Error as exc:
         sent_at, problem = None, exc
     header = MessageHeader(
-        field_separator=str(msh.fields[1]),
-        encoding_characters=str(msh.fields[2]),
+        field_separator=_text(msh.fields[1]),
+        encoding_characters=_text(msh.fields[2]),
         sending_application=msh.value(3),
         sending_facility=msh.value(4),
         receiving_application=msh.value(5),
