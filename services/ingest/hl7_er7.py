@@ -380,8 +380,10 @@ class _Segment:
 def _text(node: Any) -> str:
     """A parsed node as its text, still escaped (`str(node)`, without the recursion for the usual
     node: a field or component holding one plain string)."""
-    if len(node) == 1 and isinstance(node[0], str):
-        return node[0]
+    if len(node) == 1:
+        (only,) = node  # unpacking iterates in C; python-hl7's indexing runs Python code
+        if isinstance(only, str):
+            return only
     return str(node)
 
 
