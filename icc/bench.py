@@ -46,6 +46,7 @@ import websockets
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from fastapi import FastAPI, Response
 
+from icc.access_log import uvicorn_cli_options
 from icc.embedded import Broker, die_with_parent, free_port, start_postgres, stop_postgres
 from icc.stack import Stack
 from services.command_centre.projection import StateProjection
@@ -357,6 +358,8 @@ def bare_app() -> FastAPI:
 def _start_bare(log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     options = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
+    # the access log as the services of this run keep it (ICC_ACCESS_LOG)
+    options += uvicorn_cli_options(Settings().access_log, log_path.parent)
     with log_path.open("ab") as logfile:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "icc.bench:bare_app", "--factory", *options],

@@ -28,6 +28,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
+from icc.access_log import uvicorn_cli_options
 from icc.embedded import Broker, free_port, start_postgres, stop_postgres, wait_for_port
 from icc.stack import Stack
 from shared.auth import SOURCE_HEADER, sign_webhook
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--factory",
                 "--port",
                 str(bare_port),
+                # the access log as the ingest service keeps it (ICC_ACCESS_LOG)
+                *uvicorn_cli_options(settings.access_log, data),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

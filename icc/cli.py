@@ -28,12 +28,16 @@ def _serve(
 ) -> int:
     import uvicorn
 
+    from icc.access_log import uvicorn_log_config
+
     uvicorn.run(
         app_path,
         factory=True,
         host=settings.host,
         port=port,
         log_level="info",
+        log_config=uvicorn_log_config(settings.access_log),
+        access_log=settings.access_log != "off",
         ws_max_size=65536,
         # Stream frames are small JSON deltas sent to many screens at once: compressing every frame
         # again for every connection would cost the gateway CPU in proportion to its clients.

@@ -96,6 +96,7 @@ class Stack:
             ICC_MLLP_HOST=self.settings.mllp_host,
             ICC_MLLP_SOURCES=self.settings.mllp_sources,
             ICC_MAX_BODY_BYTES=str(self.settings.max_body_bytes),
+            ICC_ACCESS_LOG=self.settings.access_log,
             ICC_RATE_LIMIT_PER_SECOND=str(self.settings.rate_limit_per_second),
             ICC_RATE_LIMIT_BURST=str(self.settings.rate_limit_burst),
             ICC_TOPIC_PARTITIONS=str(self.settings.topic_partitions),

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Which requests uvicorn's access log records (icc.access_log): error answers only, all, or none.
+AccessLog = Literal["errors", "all", "off"]
 
 
 class Settings(BaseSettings):
@@ -30,6 +34,7 @@ class Settings(BaseSettings):
     secrets_file: Path | None = Field(default=None, alias="ICC_SECRETS_FILE")
 
     host: str = Field(default="127.0.0.1", alias="ICC_HOST")
+    access_log: AccessLog = Field(default="errors", alias="ICC_ACCESS_LOG")
     ingest_port: int = Field(default=8701, alias="ICC_INGEST_PORT")
     command_centre_port: int = Field(default=8702, alias="ICC_COMMAND_CENTRE_PORT")
     gateway_port: int = Field(default=8703, alias="ICC_GATEWAY_PORT")

@@ -385,3 +385,43 @@ async def test_rate_limit_answers_429_with_retry_after(pg_admin_url: str, tmp_pa
             assert fhir.status_code == 429 and "retry-after" in fhir.headers
             assert fhir.json()["resourceType"] == "OperationOutcome"
             assert fhir.json()["issue"][0]["code"] == "throttled"
+
+
+async def _logged(log: Path, marker: str) -> str:
+    """The service's log once it holds `marker` (lines are written as requests are answered)."""
+    for _ in range(50):
+        text = await asyncio.to_thread(log.read_text, errors="replace")
+        if marker in text:
+            return text
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{marker} never reached {log}")
+
+
+async def _probe(client: httpx.AsyncClient, running: Ingest) -> tuple[str, str]:
+    """One request taken (202) and one refused (401, unsigned), each marked in its query string."""
+    taken, refused = new_id("TAKEN"), new_id("REFUSED")
+    url = f"{running.url}/v1/ed-events"
+    ok = await post(client, f"{url}?probe={taken}", running.secrets, milestone("conclusion", new_id("ATT")))
+    bad = await client.post(
+        f"{url}?probe={refused}",
+        content=b"{}",
+        headers={"content-type": "application/json", SOURCE_HEADER: "ed"},
+    )
+    assert (ok.status_code, bad.status_code) == (202, 401)
+    return taken, refused
+
+
+async def test_the_access_log_keeps_refused_requests_only_by_default(ingest: Ingest) -> None:
+    async with httpx.AsyncClient() as client:
+        taken, refused = await _probe(client, ingest)
+    text = await _logged(ingest.stack.data_dir / "logs" / "ingest.log", refused)
+    assert f'/v1/ed-events?probe={refused} HTTP/1.1" 401' in text
+    assert taken not in text  # written before the refused one, so it would be there by now
+
+
+async def test_the_access_log_keeps_every_request_when_asked(pg_admin_url: str, tmp_path: Path) -> None:
+    async with ingest_only_async(pg_admin_url, tmp_path, ICC_ACCESS_LOG="all") as running:
+        async with httpx.AsyncClient() as client:
+            taken, refused = await _probe(client, running)
+        text = await _logged(running.stack.data_dir / "logs" / "ingest.log", refused)
+    assert f'/v1/ed-events?probe={taken} HTTP/1.1" 202' in text
