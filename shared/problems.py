@@ -4,14 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://icc.invalid/problems/"
+
+
+class OrjsonResponse(JSONResponse):
+    """A JSON response rendered with orjson (UUIDs and datetimes as ISO text).
+
+    FastAPI deprecated its `ORJSONResponse` in favour of declared response models. ICC's problem
+    answers and hand-built bodies have none, so this is that class, kept here.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
 
 
 class Problem(Exception):
@@ -57,8 +69,8 @@ def validation_problem(exc: ValidationError | RequestValidationError) -> Problem
     )
 
 
-def response(problem: Problem, request: Request | None = None) -> ORJSONResponse:
-    return ORJSONResponse(
+def response(problem: Problem, request: Request | None = None) -> OrjsonResponse:
+    return OrjsonResponse(
         problem.body(str(request.url.path) if request is not None else None),
         status_code=problem.status,
         media_type=PROBLEM_JSON,
@@ -66,17 +78,17 @@ def response(problem: Problem, request: Request | None = None) -> ORJSONResponse
     )
 
 
-async def problem_handler(request: Request, exc: Exception) -> ORJSONResponse:
+async def problem_handler(request: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, Problem)
     return response(exc, request)
 
 
-async def validation_handler(request: Request, exc: Exception) -> ORJSONResponse:
+async def validation_handler(request: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, RequestValidationError)
     return response(validation_problem(exc), request)
 
 
-async def http_handler(request: Request, exc: Exception) -> ORJSONResponse:
+async def http_handler(request: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, StarletteHTTPException)
     kind = {401: "unauthenticated", 403: "forbidden", 404: "not-found", 405: "method-not-allowed"}.get(
         exc.status_code, "http"

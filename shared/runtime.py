@@ -12,13 +12,12 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
-from fastapi.responses import ORJSONResponse
 
 from shared.auth import AuthError, Principal, Scope, exists, verify_token
 from shared.db import create_pool, ping
 from shared.kafka import broker_ready
 from shared.organisation import Organisation, load_organisation
-from shared.problems import Problem
+from shared.problems import OrjsonResponse, Problem
 from shared.secrets_store import Secrets, load_or_create
 from shared.settings import Settings, get_settings
 
@@ -132,12 +131,12 @@ def require_scope(user: Principal, runtime: Runtime, scope: Scope) -> None:
         raise Problem(403, "forbidden", "Outside your scope", f"your token does not cover {scope}")
 
 
-async def readiness(runtime: Runtime) -> ORJSONResponse:
+async def readiness(runtime: Runtime) -> OrjsonResponse:
     checks = {
         "database": runtime.pool is not None and await _safe_ping(runtime.pool),
         "broker": await broker_ready(runtime.bootstrap),
     }
-    return ORJSONResponse(
+    return OrjsonResponse(
         {"status": "ready" if all(checks.values()) else "not ready", "checks": checks},
         status_code=200 if all(checks.values()) else 503,
     )

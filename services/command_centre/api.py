@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import ORJSONResponse
 from pydantic import AwareDatetime, BaseModel, Field
 
 from services.command_centre.as_of import site_view_as_of
@@ -18,7 +17,7 @@ from services.command_centre.metrics import SiteMetrics, ward_metrics
 from services.command_centre.site_state import SiteState
 from shared.auth import Principal, Role, Scope, Tier
 from shared.opel import Level
-from shared.problems import Problem
+from shared.problems import OrjsonResponse, Problem
 from shared.runtime import CurrentRuntime, CurrentUser, Runtime, readiness, require_scope
 
 router = APIRouter()
@@ -258,7 +257,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", include_in_schema=False)
-async def readyz(runtime: CurrentRuntime) -> ORJSONResponse:
+async def readyz(runtime: CurrentRuntime) -> OrjsonResponse:
     return await readiness(runtime)
 
 

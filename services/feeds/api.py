@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 import asyncpg
 import orjson
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import ORJSONResponse
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -22,7 +21,7 @@ from services.feeds.scope_reader import escalation_key, open_escalations, snapsh
 from shared.auth import Principal, Role, Scope, Tier
 from shared.db import ping
 from shared.opel import score_site
-from shared.problems import Problem
+from shared.problems import OrjsonResponse, Problem
 from shared.runtime import CurrentRuntime, CurrentUser, Runtime, require_scope
 
 router = APIRouter()
@@ -297,7 +296,7 @@ def _public(row: Any) -> dict[str, Any]:
 @router.post("/v1/feeds/subscriptions", status_code=201, summary="Subscribe an endpoint to signed pushes")
 async def create_subscription(
     body: SubscriptionCreate, runtime: CurrentRuntime, user: CurrentUser
-) -> ORJSONResponse:
+) -> OrjsonResponse:
     _may_subscribe(user, runtime, body.system_id)
     unknown = sorted(set(body.filters.sites or ()) - set(runtime.org.sites_by_id))
     if unknown:
@@ -322,7 +321,7 @@ async def create_subscription(
         user.subject,
     )
     # the secret is shown once, to whoever created the subscription
-    return ORJSONResponse({**_public(row), "secret": secret}, status_code=201)
+    return OrjsonResponse({**_public(row), "secret": secret}, status_code=201)
 
 
 @router.get("/v1/feeds/subscriptions", summary="Subscriptions of the systems your token covers")
@@ -377,13 +376,13 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", include_in_schema=False)
-async def readyz(runtime: CurrentRuntime) -> ORJSONResponse:
+async def readyz(runtime: CurrentRuntime) -> OrjsonResponse:
     # the feeds read PostgreSQL only; the broker is not theirs to wait for
     try:
         ready = runtime.pool is not None and await ping(runtime.pool)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         ready = False
-    return ORJSONResponse(
+    return OrjsonResponse(
         {"status": "ready" if ready else "not ready", "checks": {"database": ready}},
         status_code=200 if ready else 503,
     )

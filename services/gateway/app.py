@@ -9,12 +9,13 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
-from fastapi.responses import FileResponse, ORJSONResponse
+from fastapi.responses import FileResponse
 
 from services.gateway.live_state import LiveState
 from services.gateway.state_feed import StateFeed, seed_from_database
 from services.gateway.stream import router as stream_router
 from shared import problems
+from shared.problems import OrjsonResponse
 from shared.runtime import (
     CurrentRuntime,
     Runtime,
@@ -92,11 +93,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", include_in_schema=False)
-    async def readyz(runtime: CurrentRuntime) -> ORJSONResponse:
+    async def readyz(runtime: CurrentRuntime) -> OrjsonResponse:
         response = await readiness(runtime)
         feed: StateFeed = runtime.extra["feed"]
         if not feed.running:
-            return ORJSONResponse({"status": "not ready", "checks": {"state_feed": False}}, status_code=503)
+            return OrjsonResponse({"status": "not ready", "checks": {"state_feed": False}}, status_code=503)
         return response
 
     return app

@@ -6,13 +6,13 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 
 from services.ingest.bed_events import BedEventIn
 from services.ingest.intake import problem_answer, run_live
 from services.ingest.json_api import process_bed_events
 from shared.auth import Role
-from shared.problems import Problem
+from shared.problems import OrjsonResponse, Problem
 from shared.runtime import CurrentRuntime, CurrentUser, readiness
 
 log = logging.getLogger(__name__)
@@ -62,5 +62,5 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", include_in_schema=False)
-async def readyz(runtime: CurrentRuntime) -> ORJSONResponse:
+async def readyz(runtime: CurrentRuntime) -> OrjsonResponse:
     return await readiness(runtime)

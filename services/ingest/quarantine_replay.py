@@ -14,12 +14,11 @@ from typing import Any
 
 import asyncpg
 from fastapi import APIRouter
-from fastapi.responses import ORJSONResponse
 
 from services.ingest.group_commit import GroupCommitWriter, Inbound
 from services.ingest.intake import Message, Processor, context_of
 from shared.auth import Role
-from shared.problems import Problem
+from shared.problems import OrjsonResponse, Problem
 from shared.runtime import CurrentRuntime, CurrentUser
 
 router = APIRouter()
@@ -39,7 +38,7 @@ def _admin_only(role: Role) -> None:
 
 
 @router.post("/v1/quarantine/{quarantine_id}/replay", summary="Replay a quarantined message (admin)")
-async def replay(quarantine_id: int, runtime: CurrentRuntime, user: CurrentUser) -> ORJSONResponse:
+async def replay(quarantine_id: int, runtime: CurrentRuntime, user: CurrentUser) -> OrjsonResponse:
     _admin_only(user.role)
     pool = runtime.db
     row = await pool.fetchrow(
@@ -91,7 +90,7 @@ async def replay(quarantine_id: int, runtime: CurrentRuntime, user: CurrentUser)
         await pool.execute(
             "UPDATE quarantine SET last_replay_outcome = $2 WHERE id = $1", quarantine_id, outcome
         )
-        return ORJSONResponse(
+        return OrjsonResponse(
             {
                 "id": quarantine_id,
                 "status": "replayed",
