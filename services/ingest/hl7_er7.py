@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from enum import StrEnum
 from functools import lru_cache
 from itertools import islice
@@ -366,15 +366,15 @@ class _Segment:
         parts = [*self.components(number), "", "", "", ""]
         return PatientLocation(point_of_care=parts[0], room=parts[1], bed=parts[2], facility=parts[3])
 
-    def time(self, number: int, sequence: int = 1) -> datetime | None:
+    def time(self, number: int, sequence: int = 1, zone: tzinfo = LONDON) -> datetime | None:
         """A DTM/TS field as an aware UTC datetime (see `parse_ts`); empty → None."""
         text = self.value(number)
         if not text:
             return None
         try:
-            return _utc_time(text, LONDON)
+            return _utc_time(text, zone)
         except _BadTimestamp:  # said again by parse_ts, with where
-            return parse_ts(text, ErrorLocation(self.name, sequence, number))
+            return parse_ts(text, ErrorLocation(self.name, sequence, number), zone)
 
 
 def _text(node: Any) -> str:
@@ -466,6 +466,8 @@ class MessageHeader:
     version: str
     sent_at: datetime | None = None
     raw: dict[int, str] = field(default_factory=dict, compare=False)
+    # what the message's times without an offset are read in (`sender_zone`)
+    zone: tzinfo = LONDON
 
 
 @dataclass(frozen=True)
@@ -623,8 +625,11 @@ def _header(msh: _Segment) -> MessageHeader:
         field_ = msh._field(number)
         raw[number] = "" if field_ is None else _text(field_)
     problem: Hl7Error | None = None
+    zone: tzinfo = LONDON
     try:
         sent_at = msh.time(7)
+        if sent_at is not None:
+            zone = sender_zone(msh.value(7), sent_at)
     except Hl7Error as exc:
         sent_at, problem = None, exc
     header = MessageHeader(
@@ -641,6 +646,7 @@ def _header(msh: _Segment) -> MessageHeader:
         version=msh.value(12),
         sent_at=sent_at,
         raw=raw,
+        zone=zone,
     )
     if not header.control_id:
         problem = reject(
@@ -711,16 +717,16 @@ def _read(parsed: Any, header: MessageHeader, projected: bool) -> AdtMessage:
     return AdtMessage(
         header=header,
         trigger=trigger,
-        recorded_at=evn.time(2) if evn else None,
-        event_occurred_at=evn.time(6) if evn else None,
-        visits=tuple(_visit(group, n) for n, group in enumerate(groups, 1)),
+        recorded_at=evn.time(2, zone=header.zone) if evn else None,
+        event_occurred_at=evn.time(6, zone=header.zone) if evn else None,
+        visits=tuple(_visit(group, n, header.zone) for n, group in enumerate(groups, 1)),
         npu_bed=npu.location(1) if npu else None,
         npu_bed_status=npu.value(2).upper() if npu else "",
         has_evn=evn is not None,
     )
 
 
-def _visit(group: dict[str, _Segment], sequence: int) -> Visit:
+def _visit(group: dict[str, _Segment], sequence: int, zone: tzinfo) -> Visit:
     pid, pv1, pv2 = group.get("PID"), group.get("PV1"), group.get("PV2")
     fields: dict[str, Any] = {"sequence": sequence}
     if pid is not None:
@@ -741,13 +747,13 @@ def _visit(group: dict[str, _Segment], sequence: int) -> Visit:
             visit_number=pv1.value(19),
             visit_authority=pv1.value(19, 1, 4),
             bed_status=pv1.value(40).upper(),
-            admitted_at=pv1.time(44, sequence),
-            discharged_at=pv1.time(45, sequence),
+            admitted_at=pv1.time(44, sequence, zone),
+            discharged_at=pv1.time(45, sequence, zone),
         )
     if pv2 is not None:
-        expected_discharge = pv2.time(9, sequence)
+        expected_discharge = pv2.time(9, sequence, zone)
         fields.update(
-            expected_admit_at=pv2.time(8, sequence),
+            expected_admit_at=pv2.time(8, sequence, zone),
             expected_discharge=expected_discharge.astimezone(LONDON).date() if expected_discharge else None,
             arrival_mode=pv2.value(38).upper(),
         )
@@ -755,6 +761,26 @@ def _visit(group: dict[str, _Segment], sequence: int) -> Visit:
 
 
 # ── time stamps ─────────────────────────────────────────────────────────────────────────────
+
+
+def sender_zone(msh7: str, sent_at: datetime) -> tzinfo:
+    """The zone a message's times without an offset are read in.
+
+    In HL7 v2 a time without an offset is in the sender's local zone, and a sender states its offset,
+    if at all, on MSH-7 (`sent_at` is MSH-7 read). An offset that is London's at that moment (GMT in
+    winter, BST in summer) means a sender on UK time: Europe/London applies, so a time on the other
+    side of a clock change gets its own offset. Another offset (a PAS whose clock keeps UTC all year,
+    say) applies as it is. MSH-7 without an offset: Europe/London.
+    """
+    match = _DTM.fullmatch(msh7.split("^", 1)[0].strip())
+    offset = match.group(8) if match else None
+    if not offset:
+        return LONDON
+    stated = sent_at.astimezone(LONDON).utcoffset()
+    sign = -1 if offset[0] == "-" else 1
+    fixed = sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
+    return LONDON if fixed == stated else timezone(fixed)
+
 
 _DTM = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?")
 

@@ -255,6 +255,46 @@ def test_times_are_read_in_the_stated_zone_or_london(text: str, expected: dateti
 
 
 @pytest.mark.parametrize(
+    ("sent", "recorded", "occurred", "expected_recorded", "expected_occurred"),
+    [
+        # MSH-7 without an offset: Europe/London (BST in July)
+        ("20250703140500", "20250703140000", "", datetime(2025, 7, 3, 13, 0, tzinfo=UTC), None),
+        # a sender stating UTC all year: its times without an offset are UTC, in summer too
+        ("20250703140500+0000", "20250703140000", "", datetime(2025, 7, 3, 14, 0, tzinfo=UTC), None),
+        ("20250703090500-0500", "20250703090000", "", datetime(2025, 7, 3, 14, 0, tzinfo=UTC), None),
+        # a sender on UK time (+0100 in July): London applies, so an event from before the spring
+        # change reads as GMT, not at the offset MSH-7 states
+        (
+            "20250703140500+0100",
+            "20250703140000",
+            "20250329120000",
+            datetime(2025, 7, 3, 13, 0, tzinfo=UTC),
+            datetime(2025, 3, 29, 12, 0, tzinfo=UTC),
+        ),
+        # a time with its own offset keeps it, whatever MSH-7 says
+        ("20250703140500+0000", "20250703140000+0100", "", datetime(2025, 7, 3, 13, 0, tzinfo=UTC), None),
+    ],
+)
+def test_times_without_an_offset_are_in_the_zone_the_sender_states_on_msh_7(
+    sent: str,
+    recorded: str,
+    occurred: str,
+    expected_recorded: datetime,
+    expected_occurred: datetime | None,
+) -> None:
+    text = "\r".join([msh("A01", sent=sent), evn("A01", recorded, occurred), pid(), pv1()])
+    for projected in (True, False):
+        message = read_message(text, project_first=projected)
+        assert message.recorded_at == expected_recorded
+        assert message.event_occurred_at == expected_occurred
+
+
+def test_a_visit_time_without_an_offset_is_in_the_senders_zone_too() -> None:
+    text = "\r".join([msh("A01", sent="20250703140500+0000"), pid(), pv1(admitted="20250703120000")])
+    assert read_message(text).visits[0].admitted_at == datetime(2025, 7, 3, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
     "text", ["2025-02-03", "20251301", "20250230", "2025020314050", "20250203+2500", "x"]
 )
 def test_malformed_times_are_content_errors(text: str) -> None:
