@@ -3,7 +3,8 @@
 Ingest takes webhooks at thousands of requests a second, and an access line per request cost its
 worker about 15 % of its CPU (the record, its formatting and a write, per request). Those lines
 say little that ICC does not keep already: every message taken is stored raw with its source and
-endpoint, and every refused one is quarantined with the reason. So by default (`errors`) only
+endpoint, and a refused one is kept in the quarantine with the reason (all but rate-limited
+ones, which this log then shows). So by default (`errors`) only
 requests answered with a 4xx or 5xx status are logged: a bad signature, a rate limit, a malformed
 message, a failure. `all` logs every request, as uvicorn does by default; `off` logs none.
 """
