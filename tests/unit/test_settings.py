@@ -12,29 +12,35 @@ from shared.settings import Settings
 pytestmark = pytest.mark.unit
 
 
-def test_fetch_wait_defaults_to_the_embedded_brokers_and_is_read_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("name", "attribute", "default", "value"),
+    [
+        # the consumers' own default: the embedded broker's short wait
+        ("ICC_KAFKA_FETCH_WAIT_MS", "kafka_fetch_wait_ms", FETCH_WAIT_MS, 500),
+        # a subscriber's own queue limit
+        ("ICC_STREAM_QUEUE_FRAMES", "stream_queue_frames", QUEUE_LIMIT, 64),
+    ],
+)
+def test_a_setting_defaults_to_what_its_code_uses_and_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, name: str, attribute: str, default: int, value: int
 ) -> None:
-    monkeypatch.delenv("ICC_KAFKA_FETCH_WAIT_MS", raising=False)
-    assert Settings().kafka_fetch_wait_ms == FETCH_WAIT_MS
-    monkeypatch.setenv("ICC_KAFKA_FETCH_WAIT_MS", "500")
-    assert Settings().kafka_fetch_wait_ms == 500
+    monkeypatch.delenv(name, raising=False)
+    assert getattr(Settings(), attribute) == default
+    monkeypatch.setenv(name, str(value))
+    assert getattr(Settings(), attribute) == value
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "60000", "soon"])
-def test_a_fetch_wait_out_of_range_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    monkeypatch.setenv("ICC_KAFKA_FETCH_WAIT_MS", value)
-    with pytest.raises(ValidationError, match="ICC_KAFKA_FETCH_WAIT_MS"):
-        Settings()
-
-
-def test_the_stream_queue_defaults_to_a_subscribers_own_limit_and_is_read_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv("ICC_STREAM_QUEUE_FRAMES", raising=False)
-    assert Settings().stream_queue_frames == QUEUE_LIMIT
-    monkeypatch.setenv("ICC_STREAM_QUEUE_FRAMES", "64")
-    assert Settings().stream_queue_frames == 64
-    monkeypatch.setenv("ICC_STREAM_QUEUE_FRAMES", "1")
-    with pytest.raises(ValidationError, match="ICC_STREAM_QUEUE_FRAMES"):
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ICC_KAFKA_FETCH_WAIT_MS", "0"),
+        ("ICC_KAFKA_FETCH_WAIT_MS", "-5"),
+        ("ICC_KAFKA_FETCH_WAIT_MS", "60000"),
+        ("ICC_KAFKA_FETCH_WAIT_MS", "soon"),
+        ("ICC_STREAM_QUEUE_FRAMES", "1"),
+    ],
+)
+def test_a_setting_out_of_range_is_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name):
         Settings()
