@@ -294,6 +294,8 @@ def _system_id(settings: Settings) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shared.auth import Role
+
     parser = argparse.ArgumentParser(prog="icc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -319,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--role",
         required=True,
-        choices=["wall_display", "site_manager", "ward_nurse", "icb_analyst", "admin"],
+        choices=[role.value for role in Role],
     )
     token.add_argument(
         "--scope", action="append", required=True, help="system:ID, site:ID or ward:ID (repeatable)"

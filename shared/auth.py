@@ -30,6 +30,8 @@ class Role(StrEnum):
     site_manager = "site_manager"
     ward_nurse = "ward_nurse"
     icb_analyst = "icb_analyst"
+    # the ICB's system coordination centre, which declares the system's OPEL level
+    system_coordinator = "system_coordinator"
     admin = "admin"
 
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from pydantic import ValidationError
 
 from shared import topics
@@ -31,6 +33,15 @@ from shared.outbox import OutboxEvent, append
 from shared.supervise import supervise
 
 log = logging.getLogger(__name__)
+
+# A handler may own keys rather than partitions (the command centre owns sites, and a site's events
+# come on the same partition number of two topics). The range assignor gives one member the same
+# partition numbers of every topic with the same partition count; aiokafka's default, round robin,
+# deals the partitions of all topics in one sequence and splits a key between members whenever the
+# member count does not divide the partition count evenly (4 members on 6 partitions, 2 on 3). Range
+# alone, without round robin as a fallback: a group of mixed versions then fails to agree on a
+# strategy rather than settling on the one that splits keys.
+PARTITION_ASSIGNORS = (RangePartitionAssignor,)
 
 
 class Delivery(NamedTuple):
@@ -49,8 +60,12 @@ Decoded = dict[TopicPartition, list["Envelope | str"]]  # each record's envelope
 
 
 class BatchHandler(Protocol):
-    async def apply(self, conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> None:
-        """Apply deliveries inside the caller's transaction (no commit, no Kafka)."""
+    async def apply(self, conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> Mapping[str, int]:
+        """Apply deliveries inside the caller's transaction (no commit, no Kafka).
+
+        Returns how many deliveries it set aside unapplied (not its business), by reason: they are
+        counted apart from the applied ones once the transaction commits.
+        """
 
     def forget(self) -> None:
         """Drop any in-memory state: partitions moved, the database is the truth again."""
@@ -65,6 +80,7 @@ class _PartitionPosition:
 @dataclass
 class ConsumerStats:
     applied: int = 0
+    set_aside: Counter[str] = field(default_factory=Counter)  # by the handler's reason
     skipped_duplicates: int = 0
     dead_lettered: int = 0
     batches: int = 0
@@ -167,6 +183,7 @@ class StoredOffsetConsumer:
             fetch_max_bytes=16 * 1024 * 1024,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_wait_ms=self.fetch_wait_ms,
+            partition_assignment_strategy=PARTITION_ASSIGNORS,
         )
         self._consumer = consumer
         await consumer.start()
@@ -262,23 +279,24 @@ class StoredOffsetConsumer:
         With `isolate`, each record is applied in its own savepoint and a failing one is dead-lettered.
         """
         dead = list(dead)
-        applied = 0
+        handled = 0
+        set_aside: Counter[str] = Counter()
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 if isolate:
                     for delivery in deliveries:
                         try:
                             async with conn.transaction():
-                                await self.handler.apply(conn, [delivery])
-                            applied += 1
+                                set_aside.update(await self.handler.apply(conn, [delivery]))
+                            handled += 1
                         except asyncpg.PostgresError:
                             raise
                         except Exception as exc:  # this record alone fails: keep it, move on
                             self.handler.forget()
                             dead.append(_dead_letter_envelope(delivery, f"handler failed: {exc!r}"))
                 elif deliveries:
-                    await self.handler.apply(conn, deliveries)
-                    applied = len(deliveries)
+                    set_aside.update(await self.handler.apply(conn, deliveries))
+                    handled = len(deliveries)
                 if dead:
                     await append(conn, dead)
                 await conn.executemany(
@@ -298,7 +316,8 @@ class StoredOffsetConsumer:
             # memory may hold changes the database rolled back: the database is the truth
             self.handler.forget()
             raise
-        self.stats.applied += applied
+        self.stats.applied += handled - set_aside.total()
+        self.stats.set_aside.update(set_aside)
         self.stats.dead_lettered += len(dead)
         self.stats.batches += 1
 

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -411,23 +412,27 @@ def score_system(
 # --- declared levels ----------------------------------------------------------------------------------
 
 
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be blank")
+    return text
+
+
+NotBlank = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
+DeclarationReason = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_not_blank)]
+"""Why a level was declared: the one rule for the API that takes it and the model that reads it back."""
+
+
 class DeclaredLevel(BaseModel):
     """A level a person has declared, which overrides the computed one from `declared_at` until
     `expires_at` (or until withdrawn, when there is no expiry)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     level: Level
-    reason: str = Field(min_length=1, max_length=500)
-    declared_by: str = Field(min_length=1)
+    reason: DeclarationReason
+    declared_by: NotBlank
     declared_at: AwareDatetime
     expires_at: AwareDatetime | None = None
-
-    @field_validator("reason", "declared_by")
-    @classmethod
-    def _not_blank(cls, text: str) -> str:
-        if not text.strip():
-            raise ValueError("must not be blank")
-        return text
 
     @model_validator(mode="after")
     def _expires_after_declared(self) -> DeclaredLevel:

@@ -10,20 +10,31 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ValidationError
 
 from services.command_centre.as_of import site_view_as_of
 from services.command_centre.metrics import SiteMetrics, ward_metrics
+from services.command_centre.projection import OPEL_SERIES, SET_ASIDE_REASONS
 from services.command_centre.site_state import SiteState
 from shared.auth import Principal, Role, Scope, Tier
-from shared.opel import Level
-from shared.problems import OrjsonResponse, Problem
+from shared.opel import DeclarationReason, DeclaredLevel, Level
+from shared.problems import OrjsonResponse, Problem, validation_problem
 from shared.runtime import CurrentRuntime, CurrentUser, Runtime, readiness, require_scope
 
 router = APIRouter()
 
-DECLARERS = frozenset({Role.site_manager, Role.admin})
-HISTORY_METRICS = frozenset(SiteMetrics.model_fields) - {"as_of", "ed_time_in_department"}
+# Who declares which level: a trust's site duty manager its site's, the ICB's system coordination
+# centre the system's (never a trust's in its place).
+DECLARERS: dict[Role, frozenset[Tier]] = {
+    Role.site_manager: frozenset({Tier.site}),
+    Role.system_coordinator: frozenset({Tier.system}),
+    Role.admin: frozenset({Tier.site, Tier.system}),
+}
+HISTORY_METRICS = (
+    frozenset(SiteMetrics.model_fields).difference({"as_of", "ed_time_in_department"}).union(OPEL_SERIES)
+)
+DECLARED_CHANNEL = "icc_opel_declared"
+"""Notified (with the scope) when a level is declared or withdrawn, so every replica applies it at once."""
 
 
 async def _ward_summaries(runtime: Runtime, site_id: str) -> dict[str, dict[str, Any]]:
@@ -145,14 +156,15 @@ async def opel(
 
 class DeclareBody(BaseModel):
     level: Level
-    reason: str = Field(min_length=1, max_length=500)
+    reason: DeclarationReason
     expires_at: AwareDatetime | None = None
 
 
-def _may_declare(user: Principal) -> None:
-    if user.role not in DECLARERS:
+def _may_declare(user: Principal, scope: Scope) -> None:
+    if scope.tier not in DECLARERS.get(user.role, frozenset()):
+        who = "a site manager" if scope.tier is Tier.site else "the system coordination centre"
         raise Problem(
-            403, "forbidden", "Cannot declare OPEL", "declaring a level needs a site manager or admin"
+            403, "forbidden", "Cannot declare OPEL", f"a {scope.tier.value}'s level is declared by {who}"
         )
 
 
@@ -168,7 +180,7 @@ async def declare(
 ) -> dict[str, Any]:
     scope = _scope_of(kind, scope_id)
     require_scope(user, runtime, scope)
-    _may_declare(user)
+    _may_declare(user, scope)
     now = datetime.now(UTC)
     if body.expires_at is not None and body.expires_at <= now:
         raise Problem(
@@ -178,17 +190,29 @@ async def declare(
             "expires_at must be in the future",
             errors=[{"field": "expires_at", "message": "must be in the future"}],
         )
-    row = await runtime.db.fetchrow(
-        "INSERT INTO declared_opel (scope, level, reason, declared_by, declared_at, expires_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6) "
-        "RETURNING id, scope, level, reason, declared_by, declared_at, expires_at",
-        str(scope),
-        body.level,
-        body.reason,
-        user.subject,
-        now,
-        body.expires_at,
-    )
+    try:  # stored only as the live state will read it back
+        declared = DeclaredLevel(
+            level=body.level,
+            reason=body.reason,
+            declared_by=user.subject,
+            declared_at=now,
+            expires_at=body.expires_at,
+        )
+    except ValidationError as exc:
+        raise validation_problem(exc) from exc
+    async with runtime.db.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "INSERT INTO declared_opel (scope, level, reason, declared_by, declared_at, expires_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6) "
+            "RETURNING id, scope, level, reason, declared_by, declared_at, expires_at",
+            str(scope),
+            declared.level,
+            declared.reason,
+            declared.declared_by,
+            declared.declared_at,
+            declared.expires_at,
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", DECLARED_CHANNEL, str(scope))
     return dict(row)
 
 
@@ -198,15 +222,21 @@ async def withdraw(
 ) -> dict[str, Any]:
     scope = _scope_of(kind, scope_id)
     require_scope(user, runtime, scope)
-    _may_declare(user)
-    rows = await runtime.db.fetch(
-        "UPDATE declared_opel SET withdrawn_at = now(), withdrawn_by = $2 "
-        "WHERE scope = $1 AND withdrawn_at IS NULL RETURNING id",
-        str(scope),
-        user.subject,
-    )
+    _may_declare(user, scope)
+    async with runtime.db.acquire() as conn, conn.transaction():
+        # only what is in force: an expired or withdrawn declaration has nothing left to withdraw
+        rows = await conn.fetch(
+            "UPDATE declared_opel SET withdrawn_at = $3, withdrawn_by = $2 "
+            "WHERE scope = $1 AND withdrawn_at IS NULL AND declared_at <= $3 "
+            "AND (expires_at IS NULL OR expires_at > $3) RETURNING id",
+            str(scope),
+            user.subject,
+            datetime.now(UTC),
+        )
+        if rows:
+            await conn.execute("SELECT pg_notify($1, $2)", DECLARED_CHANNEL, str(scope))
     if not rows:
-        raise Problem(404, "not-found", "Nothing declared", f"{scope} has no declared level to withdraw")
+        raise Problem(404, "not-found", "Nothing declared", f"{scope} has no declared level in force")
     return {"withdrawn": [r["id"] for r in rows]}
 
 
@@ -234,9 +264,22 @@ async def history(
         )
     end = to or datetime.now(UTC)
     start = from_ or end - timedelta(days=1)
+    if start > end:
+        raise Problem(
+            422,
+            "validation",
+            "Bad period",
+            "from must not be after to",
+            errors=[{"field": "from", "message": "must not be after to"}],
+        )
+    # A point holds until the next one, so the last point at or before `from` is the value in force
+    # then: without it a metric that did not change inside the window would have no points at all.
     rows = await runtime.db.fetch(
-        "SELECT at, value FROM metric_point "
-        "WHERE scope = $1 AND metric = $2 AND at >= $3 AND at <= $4 ORDER BY at",
+        "(SELECT at, value FROM metric_point WHERE scope = $1 AND metric = $2 AND at <= $3 "
+        "ORDER BY at DESC LIMIT 1) "
+        "UNION ALL "
+        "(SELECT at, value FROM metric_point WHERE scope = $1 AND metric = $2 AND at > $3 AND at <= $4) "
+        "ORDER BY at",
         str(scope),
         metric,
         start,
@@ -269,6 +312,8 @@ async def consumer_status(runtime: CurrentRuntime, user: CurrentUser) -> dict[st
     return {
         "running": consumer.running,
         "applied": stats.applied,
+        # events not applied: for a site outside the organisation model, or one another replica owns
+        "set_aside": {reason: stats.set_aside[reason] for reason in SET_ASIDE_REASONS},
         "skipped_duplicates": stats.skipped_duplicates,
         "dead_lettered": stats.dead_lettered,
         "broker_resets": stats.resets,

@@ -2,9 +2,11 @@
 
 Runs inside the consumer's batch transaction: the event log, ward and site summaries, history
 points, snapshots, the published deltas (through the outbox) and the consumed offsets commit
-together or not at all. A site is owned by the replica whose Kafka partitions carry its key; on a
-rebalance the state is dropped and rebuilt from the site's latest snapshot plus the tail of its
-event log, never from the beginning of time.
+together or not at all. A site is owned by the replica whose Kafka partitions carry its key (the
+consumer's range assignor hands one replica the same partition of the beds and ED-flow topics); on
+a rebalance the state is dropped and rebuilt from the site's latest snapshot plus the tail of its
+event log, never from the beginning of time. An event for a site this replica does not own, or for
+one outside the organisation, is set aside and counted, never made into a second copy of a state.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import asyncio
 import logging
 import pickle
 import uuid
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
+from pydantic import ValidationError
 
 from services.command_centre.escalation_engine import EscalationEngine
 from services.command_centre.metrics import SiteMetrics, all_ward_metrics, site_metrics
@@ -40,6 +43,10 @@ log = logging.getLogger(__name__)
 SNAPSHOT_FORMAT = 1
 HISTORY_INTERVAL = timedelta(minutes=1)
 _REGISTERS = ("beds", "ncr", "encounters", "attendances", "handovers", "unmapped_locations", "applied")
+# Why an event was set aside unapplied (the consumer counts them by these names).
+UNKNOWN_SITE = "unknown_site"  # not a site of the organisation model
+NOT_OWNED = "not_owned"  # a site another replica owns: its partitions were split between replicas
+SET_ASIDE_REASONS = (UNKNOWN_SITE, NOT_OWNED)
 
 
 def site_partition(site_id: str, partitions: int) -> int:
@@ -102,8 +109,18 @@ def _unpickle(site_id: str, snapshot: asyncpg.Record) -> dict[str, Any] | None:
     return registers
 
 
-def history_values(metrics: SiteMetrics) -> dict[str, float | None]:
-    return {k: (float(v) if v is not None else None) for k, v in metrics.opel_inputs().items()}
+OPEL_SERIES = ("opel_computed_level", "opel_level")
+"""History series of the computed and the effective (declared while active, else computed) level."""
+
+
+def history_values(metrics: SiteMetrics, opel: Mapping[str, Any]) -> dict[str, float | None]:
+    """The series kept as history: the numeric metrics, and the levels of a site's or the system's
+    OPEL view (kept as shown, so a past level stays the one the profile then in force gave)."""
+    values = {k: (float(v) if v is not None else None) for k, v in metrics.opel_inputs().items()}
+    levels = (opel["computed"]["level"], opel["effective_level"])
+    for series, level in zip(OPEL_SERIES, levels, strict=True):
+        values[series] = float(level) if level is not None else None
+    return values
 
 
 class StateProjection:
@@ -126,7 +143,7 @@ class StateProjection:
         self.sites: dict[str, LiveSite] = {}
         self.owned: set[str] = set()
         self.lock = asyncio.Lock()
-        self.ignored = 0
+        self._warned: dict[str, set[str]] = {reason: set() for reason in SET_ASIDE_REASONS}
 
     # ---- ownership ---------------------------------------------------------------------------
     def forget(self) -> None:
@@ -135,9 +152,17 @@ class StateProjection:
             self.escalations.forget()
 
     def assigned(self, partitions: Sequence[TopicPartition], counts: dict[str, int]) -> None:
+        """Own the sites whose key lands on this replica's beds partitions."""
         mine = {tp.partition for tp in partitions if tp.topic == topics.BEDS.name}
         count = counts.get(topics.BEDS.name) or self.partitions
+        if len(set(counts.values())) > 1:
+            log.warning(
+                "topics have different partition counts %s: a site's events may reach another replica "
+                "than its bed events, and are then set aside",
+                counts,
+            )
         self.owned = {s.id for s in self.org.sites if site_partition(s.id, count) in mine}
+        self._warned[NOT_OWNED].clear()  # a new assignment: report a split again
         self.forget()
 
     async def _live(self, conn: asyncpg.Connection, site_id: str) -> LiveSite:
@@ -190,20 +215,24 @@ class StateProjection:
         return live
 
     # ---- applying a batch --------------------------------------------------------------------
-    async def apply(self, conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> None:
+    async def apply(self, conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> Counter[str]:
         async with self.lock:
-            await self._apply(conn, deliveries)
+            return await self._apply(conn, deliveries)
 
-    async def _apply(self, conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> None:
-        known = [d for d in deliveries if d.envelope.site_id in self.org.sites_by_id]
-        self.ignored += len(deliveries) - len(known)
-        if not known:
-            return
-        for site_id in {d.envelope.site_id for d in known}:
+    async def _apply(self, conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> Counter[str]:
+        sites = {d.envelope.site_id for d in deliveries}
+        set_aside: Counter[str] = Counter()
+        if not sites <= self.owned:
+            set_aside = self._set_aside(sites - self.owned, deliveries)
+            sites &= self.owned
+            deliveries = [d for d in deliveries if d.envelope.site_id in sites]
+        if not deliveries:
+            return set_aside
+        for site_id in sites:
             await self._live(conn, site_id)  # load (snapshot + tail) before this batch joins the log
         fresh: list[Delivery] = []
         seen: set[uuid.UUID] = set()
-        for d in known:
+        for d in deliveries:
             if d.envelope.event_id not in seen:  # the same event twice in one batch: logged once
                 seen.add(d.envelope.event_id)
                 fresh.append(d)
@@ -239,24 +268,44 @@ class StateProjection:
             await self._publish(conn, site_id, live, {w for w in wards if w}, now)
             if live.since_snapshot >= self.snapshot_every:
                 await self._snapshot(conn, site_id, live)
+        return set_aside
+
+    def _set_aside(self, strangers: set[str], deliveries: Sequence[Delivery]) -> Counter[str]:
+        """Count the deliveries for sites not owned here, by reason, and report each site once."""
+        reasons = {s: NOT_OWNED if s in self.org.sites_by_id else UNKNOWN_SITE for s in strangers}
+        for site_id, reason in reasons.items():
+            if site_id in self._warned[reason]:
+                continue
+            self._warned[reason].add(site_id)
+            if reason == UNKNOWN_SITE:
+                log.warning("events for site %r set aside: not a site of the organisation model", site_id)
+            else:
+                log.warning(
+                    "events for site %s set aside: another replica owns it (its partitions of the "
+                    "subscribed topics are split between replicas)",
+                    site_id,
+                )
+        return Counter(reasons[d.envelope.site_id] for d in deliveries if d.envelope.site_id in reasons)
 
     # ---- publishing --------------------------------------------------------------------------
     async def _publish(
-        self, conn: asyncpg.Connection, site_id: str, live: LiveSite, wards: set[str], now: datetime
+        self, conn: asyncpg.Connection, site_id: str, live: LiveSite, wards: set[str] | None, now: datetime
     ) -> None:
+        """Publish the wards (those events touched, or every ward when `wards` is None) and the site
+        whose figures differ from what was last published."""
         state = live.state
         site = state.site
         all_wards = all_ward_metrics(state, now)
         outbox: list[OutboxEvent] = []
         ward_rows = []
         for ward in site.wards:
-            if ward.id not in wards and ward.id in live.ward_published:
+            if wards is not None and ward.id not in wards and ward.id in live.ward_published:
                 continue
             wm = all_wards[ward.id]
             beds = {b.id: state.bed_status(b.id) for b in ward.bed_list}
             counts = WardBedCounts(**wm.counts)
-            metrics = wm.model_dump(exclude={"ward_id", "counts", "beds_total", "available"})
-            comparable = {"beds": {k: v.value for k, v in beds.items()}, "metrics": metrics}
+            figures = wm.model_dump(exclude={"ward_id", "counts", "beds_total", "available"})
+            comparable = {"beds": {k: v.value for k, v in beds.items()}, "metrics": figures}
             if live.ward_published.get(ward.id) == comparable:
                 continue
             version = live.ward_versions.get(ward.id, 0) + 1
@@ -269,7 +318,7 @@ class StateProjection:
                 counts=counts,
                 beds=beds,
                 as_of=now,
-                metrics=metrics,
+                metrics=figures,
             )
             live.ward_versions[ward.id] = version
             live.ward_published[ward.id] = comparable
@@ -290,7 +339,7 @@ class StateProjection:
         if scope_event is not None:
             await upsert_scope(conn, scope_event)
             outbox.append(_state_event(scope_event, site_id, "site", now))
-        points = live.history.offer(history_values(metrics), now)
+        points = live.history.offer(history_values(metrics, opel), now)
         await write_history(conn, f"site:{site_id}", points, now)
         if outbox:
             await append(conn, outbox)
@@ -348,29 +397,45 @@ class StateProjection:
 
     # ---- the clock moves on -------------------------------------------------------------------
     async def tick(self, pool: asyncpg.Pool) -> None:
-        """Waits grow and midnight passes without events: refresh owned sites, flush history."""
+        """Waits grow and midnight passes without events: refresh owned sites, flush history.
+
+        Every ward is looked at, not only those events touched: at midnight a quiet ward's "today"
+        figures start again although nothing happened on it.
+        """
         async with self.lock, pool.acquire() as conn, conn.transaction():
             now = self.clock()
             for site_id in sorted(self.owned):
                 live = await self._live(conn, site_id)
                 live.state.prune(now)
                 live.declared = await current_declared(conn, f"site:{site_id}", now)
-                await self._publish(conn, site_id, live, set(), now)
+                await self._publish(conn, site_id, live, None, now)
                 await write_history(conn, f"site:{site_id}", live.history.flush(now), now)
 
 
 async def current_declared(conn: asyncpg.Connection, scope: str, now: datetime) -> DeclaredLevel | None:
-    row = await conn.fetchrow(
+    """The latest declaration active at `now`.
+
+    A stored row that no longer reads as a `DeclaredLevel` (written before a rule was tightened,
+    or by hand) is logged and passed over, so it cannot stop a site loading or the state ticking.
+    """
+    rows = await conn.fetch(
         """
-        SELECT level, reason, declared_by, declared_at, expires_at FROM declared_opel
+        SELECT id, level, reason, declared_by, declared_at, expires_at FROM declared_opel
         WHERE scope = $1 AND withdrawn_at IS NULL AND declared_at <= $2
           AND (expires_at IS NULL OR expires_at > $2)
-        ORDER BY declared_at DESC, id DESC LIMIT 1
+        ORDER BY declared_at DESC, id DESC
         """,
         scope,
         now,
     )
-    return DeclaredLevel.model_validate(dict(row)) if row is not None else None
+    for row in rows:
+        fields = dict(row)
+        declaration_id = fields.pop("id")
+        try:
+            return DeclaredLevel.model_validate(fields)
+        except ValidationError as exc:
+            log.warning("%s: declared level %s is unreadable and ignored: %s", scope, declaration_id, exc)
+    return None
 
 
 async def upsert_scope(conn: asyncpg.Connection, event: ScopeStateChanged) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +29,7 @@ from shared.events import Envelope, ScopeStateChanged, utcnow
 from shared.opel import OpelProfile, OpelResult, effective_level, score_system
 from shared.organisation import Organisation
 from shared.outbox import OutboxEvent, append
-from shared.supervise import supervise
+from shared.supervise import EXPECTED, supervise
 from shared.topics import state_key
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,11 @@ class SystemStage:
         self.published: dict[str, Any] | None = None
         self.version = 0
         self.is_leader = False
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Refresh now rather than at the end of the interval (a system level was declared or withdrawn)."""
+        self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         async def contend() -> None:
@@ -74,17 +79,42 @@ class SystemStage:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", SYSTEM_LOCK):
                 return
             self.is_leader = True
-            row = await conn.fetchrow("SELECT version, summary FROM scope_state WHERE scope = $1", self.scope)
-            if row is not None:
-                self.version = row["version"]
+            await self._restore(conn)
             while not stop.is_set():
-                async with conn.transaction():
-                    await self.refresh(conn, self.clock())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.interval)
+                self._wake.clear()
+                try:
+                    async with conn.transaction():
+                        await self.refresh(conn, self.clock())
+                except EXPECTED:
+                    raise  # an outage: give up leadership and contend again on a new connection
+                except Exception:
+                    # A bug or a bad row must not stop the system's state for good: try again next
+                    # period, from what was committed (the failed transaction was rolled back).
+                    log.exception("system stage refresh failed; retrying in %.0fs", self.interval)
+                    await self._restore(conn)
+                await wait_for_any((stop, self._wake), self.interval)
         finally:
             self.is_leader = False
             await conn.close()
+
+    async def _restore(self, conn: asyncpg.Connection) -> None:
+        """Take up what the last leader committed: the published version and summary (so an unchanged
+        state is not published again) and each series' last history point (so the throttle holds
+        across a change of leader instead of writing every series at once)."""
+        row = await conn.fetchrow("SELECT version, summary FROM scope_state WHERE scope = $1", self.scope)
+        self.version = row["version"] if row is not None else 0
+        self.published = (
+            {"metrics": row["summary"].get("metrics"), "opel": row["summary"].get("opel")}
+            if row is not None
+            else None
+        )
+        self.history = HistoryThrottle()
+        for point in await conn.fetch(
+            "SELECT DISTINCT ON (metric) metric, value, at FROM metric_point WHERE scope = $1 "
+            "ORDER BY metric, at DESC",
+            self.scope,
+        ):
+            self.history.last[point["metric"]] = (point["value"], point["at"])
 
     async def refresh(self, conn: asyncpg.Connection, now: datetime) -> None:
         sites = await site_summaries(conn)
@@ -135,7 +165,7 @@ class SystemStage:
                     )
                 ],
             )
-        await write_history(conn, self.scope, self.history.offer(history_values(metrics), now), now)
+        await write_history(conn, self.scope, self.history.offer(history_values(metrics, opel), now), now)
 
 
 async def site_summaries(conn: asyncpg.Connection) -> dict[str, tuple[SiteMetrics, OpelResult]]:
@@ -149,3 +179,13 @@ async def site_summaries(conn: asyncpg.Connection) -> dict[str, tuple[SiteMetric
             OpelResult.model_validate(summary["opel"]["computed"]),
         )
     return summaries
+
+
+async def wait_for_any(events: Sequence[asyncio.Event], timeout: float | None) -> None:
+    """Return when one of `events` is set, or after `timeout` seconds (None: no time limit)."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

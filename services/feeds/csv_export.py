@@ -2,8 +2,9 @@
 
 One row per scope and moment a value changed (the `metric_point` history, written on change and at
 most once a minute); each row carries every metric's value as of that moment, carried forward.
-History keeps metrics, not levels: `opel_computed_level` is the level the current profile gives
-those metrics, and `opel_declared_level` the human-declared level active at that moment.
+`opel_computed_level` is the computed level kept in the history at that moment; for history
+written before levels were kept, the level the current profile gives those metrics.
+`opel_declared_level` is the human-declared level active at that moment.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from datetime import datetime
 
 Point = tuple[str, str, datetime, float | None]  # scope, metric, at, value
 Scorer = Callable[[Mapping[str, float | None]], int | None]
+# the history series that hold levels (`projection.OPEL_SERIES`): columns of their own, not metrics
+COMPUTED_LEVEL, EFFECTIVE_LEVEL = "opel_computed_level", "opel_level"
 
 
 @dataclass(frozen=True)
@@ -61,9 +64,14 @@ def to_csv(
     declared = list(declarations)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    metrics = [m for m in metrics if m not in (COMPUTED_LEVEL, EFFECTIVE_LEVEL)]
     writer.writerow(["scope", "at", "opel_computed_level", "opel_declared_level", *metrics])
     for scope, at, values in wide_rows(points):
-        level = score(values) if scope.startswith("site:") else None
+        stored = values.get(COMPUTED_LEVEL)
+        if stored is not None:
+            level: int | None = int(stored)
+        else:
+            level = score(values) if scope.startswith("site:") else None
         writer.writerow(
             [
                 scope,

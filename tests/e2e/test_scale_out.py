@@ -1,4 +1,9 @@
-"""Two command-centre replicas in one group share the sites; a rebalance loses and double-counts nothing."""
+"""Two command-centre replicas in one group share the sites; a rebalance loses and double-counts nothing.
+
+Each site's bed and ED events reach the one replica that owns the site (3 partitions shared by 2
+replicas is a count aiokafka's default assignor splits a site over), so only one replica ever
+publishes a site's state.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ import random
 import signal
 import subprocess
 import sys
-from datetime import timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import httpx
@@ -15,11 +22,14 @@ import pytest
 
 from icc.embedded import free_port
 from icc.stack import Stack
+from shared import topics
 from shared.auth import Role
 from shared.organisation import Organisation
+from shared.outbox import append
 from shared.secrets_store import Secrets
 from tests.conftest import eventually
 from tests.helpers import post_signed, shuffled_bed_history, token
+from tests.integration.support import bed_envelope, outbox_event
 
 pytestmark = pytest.mark.e2e
 
@@ -46,6 +56,25 @@ async def consumer_view(client: httpx.AsyncClient, url: str, admin: str) -> dict
     return response.json() if response.status_code == 200 else None
 
 
+def ed_arrival(site_id: str) -> dict[str, Any]:
+    return {
+        "milestone": "arrival",
+        "site_id": site_id,
+        "attendance_id": f"ATT{uuid.uuid4().hex[:10].upper()}",
+        "occurred_at": (datetime.now(UTC) - timedelta(minutes=5)).isoformat(),
+        "mode": "walk_in",
+    }
+
+
+async def in_department(db: asyncpg.Connection) -> dict[str, int]:
+    """Each site's published `ed_in_department`."""
+    rows = await db.fetch(
+        "SELECT substr(scope, 6) AS site, (summary->'metrics'->>'ed_in_department')::int AS n "
+        "FROM scope_state WHERE scope LIKE 'site:%'"
+    )
+    return {r["site"]: r["n"] for r in rows}
+
+
 async def test_two_replicas_share_sites_and_survive_a_rebalance(
     stack: Stack, test_secrets: Secrets, db: asyncpg.Connection, org: Organisation
 ) -> None:
@@ -57,6 +86,8 @@ async def test_two_replicas_share_sites_and_survive_a_rebalance(
 
     beds = [b.id for site in org.sites for b in site.wards[0].bed_list]
     events, latest = shuffled_bed_history(random.Random(11), beds, 400, timedelta(hours=2))
+    arrivals = [ed_arrival(site.id) for site in org.sites for _ in range(10)]
+    random.Random(12).shuffle(arrivals)
 
     async with httpx.AsyncClient(timeout=30) as client:
 
@@ -75,15 +106,32 @@ async def test_two_replicas_share_sites_and_survive_a_rebalance(
         assert set(first["owned_sites"]) | set(second["owned_sites"]) == {s.id for s in org.sites}
 
         url = f"{stack.url_of('ingest')}/v1/bed-events"
+        ed_url = f"{stack.url_of('ingest')}/v1/ed-events"
 
         async def post_all(chunk: list[dict]) -> None:
             for e in chunk:
                 assert (await post_signed(client, url, test_secrets, e)).status_code == 202
 
-        await asyncio.gather(*(post_all(events[:200][i::6]) for i in range(6)))
+        async def post_ed(chunk: list[dict[str, Any]]) -> None:
+            for e in chunk:
+                assert (await post_signed(client, ed_url, test_secrets, e, source="ed")).status_code == 202
+
+        half = len(arrivals) // 2
+        await asyncio.gather(*(post_all(events[:200][i::6]) for i in range(6)), post_ed(arrivals[:half]))
+
+        async def ed_counted_by_owners() -> bool:
+            expected = {s.id: sum(a["site_id"] == s.id for a in arrivals[:half]) for s in org.sites}
+            return await in_department(db) == expected
+
+        await eventually(ed_counted_by_owners, timeout=60)
+        for view in (
+            await consumer_view(client, first_url, admin),
+            await consumer_view(client, second_url, admin),
+        ):
+            assert view is not None and view["set_aside"] == {"unknown_site": 0, "not_owned": 0}, view
         # the replica owning the first site dies mid-stream: its partitions move to the survivor
         stack.stop_service("command-centre", signal.SIGKILL)
-        await asyncio.gather(*(post_all(events[200:][i::6]) for i in range(6)))
+        await asyncio.gather(*(post_all(events[200:][i::6]) for i in range(6)), post_ed(arrivals[half:]))
 
         async def survivor_owns_everything() -> dict | None:
             view = await consumer_view(client, second_url, admin)
@@ -103,6 +151,38 @@ async def test_two_replicas_share_sites_and_survive_a_rebalance(
         return True
 
     await eventually(settled, timeout=90)
+    expected = {s.id: sum(a["site_id"] == s.id for a in arrivals) for s in org.sites}
+
+    async def ed_counted() -> bool:
+        return await in_department(db) == expected
+
+    await eventually(ed_counted, timeout=60)
     # nothing lost, nothing counted twice: every event is in the log exactly once
-    assert await db.fetchval("SELECT count(*) FROM site_event") == len(events)
-    assert await db.fetchval("SELECT count(DISTINCT event_id) FROM site_event") == len(events)
+    total = len(events) + len(arrivals)
+    assert await db.fetchval("SELECT count(*) FROM site_event") == total
+    assert await db.fetchval("SELECT count(DISTINCT event_id) FROM site_event") == total
+    # one writer per site at a time: no ward or site version was published twice
+    repeated = await db.fetch(
+        """
+        SELECT key, convert_from(value, 'UTF8')::jsonb #>> '{payload,version}' AS version FROM outbox
+        WHERE topic = $1 AND split_part(key, '/', 1) = any($2::text[])
+        GROUP BY 1, 2 HAVING count(*) > 1
+        """,
+        topics.STATE.name,
+        [s.id for s in org.sites],
+    )
+    assert not repeated, [dict(r) for r in repeated]
+
+    # an event for a site outside the organisation (a producer with another organisation model) is
+    # set aside and counted, not applied
+    async with db.transaction():
+        await append(db, [outbox_event(bed_envelope("ZZZ99", 1))])
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def set_aside_by_survivor() -> dict[str, Any] | None:
+            view = await consumer_view(client, second_url, admin)
+            return view if view and view["set_aside"]["unknown_site"] == 1 else None
+
+        survivor = await eventually(set_aside_by_survivor, timeout=60)
+    assert survivor["set_aside"]["not_owned"] == 0
+    assert await db.fetchval("SELECT count(*) FROM site_event") == total

@@ -9,9 +9,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka import TopicPartition
 
 from services.command_centre.as_of import site_view_as_of
 from services.command_centre.projection import StateProjection
+from shared import topics
 from shared.consumer import Delivery
 from shared.db import create_pool
 from shared.events import BedStatus, BedStatusChanged, Envelope
@@ -55,6 +57,9 @@ async def test_shown_leaves_out_what_arrived_later_and_known_puts_it_back(
     pool = await create_pool(database_url)
     try:
         projection = StateProjection(org, load_profile(PROFILE), partitions=4)
+        # the only replica: every partition, so every site, is its own
+        every = [TopicPartition(topics.BEDS.name, p) for p in range(projection.partitions)]
+        projection.assigned(every, {topics.BEDS.name: projection.partitions})
         for n, (event, received) in enumerate(story, 1):
             async with pool.acquire() as conn, conn.transaction():
                 await projection.apply(conn, [Delivery("icc.beds.v1", 0, n, n, event, event.to_json())])

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiokafka import TopicPartition
 
 from services.command_centre.projection import SNAPSHOT_FORMAT, StateProjection
+from shared import topics
 from shared.consumer import Delivery
 from shared.db import create_pool
 from shared.events import BedStatus, BedStatusChanged, Envelope
@@ -40,6 +42,13 @@ def bed_events(org: Organisation, count: int) -> list[Delivery]:
         )
         deliveries.append(Delivery("icc.beds.v1", 0, i, i + 1, envelope, envelope.to_json()))
     return deliveries
+
+
+def owning_every_site(projection: StateProjection) -> StateProjection:
+    """The projection as the only replica sees it: every partition is its own."""
+    every = [TopicPartition(topics.BEDS.name, p) for p in range(projection.partitions)]
+    projection.assigned(every, {topics.BEDS.name: projection.partitions})
+    return projection
 
 
 async def apply_all(pool: asyncpg.Pool, projection: StateProjection, deliveries: list[Delivery]) -> None:
@@ -72,7 +81,9 @@ async def test_state_comes_back_from_a_snapshot_or_from_the_whole_log(
 ) -> None:
     pool = await create_pool(database_url)
     try:
-        projection = StateProjection(org, load_profile(PROFILE), partitions=4, snapshot_every=20)
+        projection = owning_every_site(
+            StateProjection(org, load_profile(PROFILE), partitions=4, snapshot_every=20)
+        )
         deliveries = bed_events(org, 90)
         await apply_all(pool, projection, deliveries)
         site = org.sites[0]

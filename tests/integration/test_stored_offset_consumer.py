@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
 import orjson
 import pytest
+from aiokafka import TopicPartition
 
 from icc.embedded import Broker
+from services.command_centre.projection import NOT_OWNED, UNKNOWN_SITE, StateProjection, site_partition
 from shared import topics
 from shared.consumer import Delivery, StoredOffsetConsumer
 from shared.db import create_pool
 from shared.events import Envelope
 from shared.kafka import ensure_topics, producer
+from shared.opel import load_profile
+from shared.organisation import Organisation
 from shared.outbox import OutboxRelay
 from tests.conftest import eventually
 from tests.integration.support import (
@@ -33,6 +40,7 @@ pytestmark = pytest.mark.integration
 
 SITES = ["RXN01", "RXN02", "RXN03", "RXN04", "RXN05", "RXN06"]
 GROUP = "g"
+PROFILE = Path(__file__).resolve().parents[2] / "deploy" / "opel" / "default-profile.yaml"
 
 
 class RecordingHandler:
@@ -42,7 +50,7 @@ class RecordingHandler:
         self.fail_on = fail_on
         self.forgotten = 0
 
-    async def apply(self, conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> None:
+    async def apply(self, conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> Mapping[str, int]:
         for delivery in deliveries:
             if delivery.envelope.event_id == self.fail_on:
                 raise RuntimeError(f"cannot apply {delivery.envelope.event_id}")
@@ -51,6 +59,7 @@ class RecordingHandler:
                 "ON CONFLICT (event_id) DO UPDATE SET n = applied.n + 1",
                 delivery.envelope.event_id,
             )
+        return {}  # every delivery is its business
 
     def forget(self) -> None:
         self.forgotten += 1
@@ -68,7 +77,9 @@ def relay_for(database_url: str, broker: Broker) -> OutboxRelay:
     return OutboxRelay(database_url, broker.bootstrap, partitions=3, retention=timedelta(hours=1))
 
 
-def consumer_for(broker: Broker, pool: asyncpg.Pool, handler: RecordingHandler) -> StoredOffsetConsumer:
+def consumer_for(
+    broker: Broker, pool: asyncpg.Pool, handler: RecordingHandler | StateProjection
+) -> StoredOffsetConsumer:
     return StoredOffsetConsumer(
         bootstrap=broker.bootstrap,
         pool=pool,
@@ -254,3 +265,51 @@ async def test_broker_reset_applies_new_events_and_skips_republished_ones(
     assert counts.keys() == {e.event_id for e in old + new}
     assert set(counts.values()) == {1}, f"applied twice after the reset: {counts}"
     assert consumer.stats.applied == len(old) + len(new)
+
+
+async def test_events_for_sites_not_applied_here_are_set_aside_and_counted(
+    database_url: str,
+    broker: Broker,
+    pool: asyncpg.Pool,
+    org: Organisation,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An event for a site outside the organisation is counted apart from the applied ones and
+    reported once; an event for a site another replica owns never starts a second copy of its state."""
+    caplog.set_level(logging.WARNING, logger="services.command_centre.projection")
+    await ensure_topics(broker.bootstrap, 3)
+    known = bed_envelopes(["RXN01"], per_site=4)
+    unknown = bed_envelopes(["ZZZ99"], per_site=3)
+    projection = StateProjection(org, load_profile(PROFILE), partitions=3)
+
+    async with running(relay_for(database_url, broker)):
+        consumer = consumer_for(broker, pool, projection)
+        async with running(consumer):
+            await publish(pool, unknown + known, per_transaction=2)
+
+            async def all_consumed() -> bool:
+                return consumer.stats.applied + consumer.stats.set_aside.total() >= len(known + unknown)
+
+            await eventually(all_consumed, timeout=90)
+
+    assert consumer.stats.applied == len(known)
+    assert consumer.stats.set_aside == Counter({UNKNOWN_SITE: len(unknown)})
+    stored = await pool.fetch("SELECT site_id, count(*) AS n FROM site_event GROUP BY site_id")
+    assert {r["site_id"]: r["n"] for r in stored} == {"RXN01": len(known)}
+
+    # ownership moved to RXN01's partition alone: RXN02's events are not this replica's to apply
+    home = site_partition("RXN01", 3)
+    assert site_partition("RXN02", 3) != home
+    projection.assigned([TopicPartition(topics.BEDS.name, home)], {topics.BEDS.name: 3})
+    others = [
+        Delivery(topics.BEDS.name, site_partition("RXN02", 3), n, 1000 + n, e, e.to_json())
+        for n, e in enumerate(bed_envelopes(["RXN02"], per_site=2) * 2)
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        assert await projection.apply(conn, others) == Counter({NOT_OWNED: len(others)})
+    assert "RXN02" not in projection.sites
+    assert await pool.fetchval("SELECT count(*) FROM site_event WHERE site_id = 'RXN02'") == 0
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("ZZZ99" in w for w in warnings) == 1, warnings
+    assert sum("RXN02" in w for w in warnings) == 1, warnings

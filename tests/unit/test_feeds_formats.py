@@ -236,6 +236,25 @@ def test_csv_carries_values_forward_with_levels() -> None:
     assert rows[3] == ["system:QXN", t0.isoformat(), "", "", "", ""]
 
 
+def test_csv_takes_the_level_kept_in_the_history_over_todays_profile() -> None:
+    t0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
+    points = [
+        ("site:RXN01", "ga_occupancy_pct", t0, 90.0),
+        ("site:RXN01", "opel_computed_level", t0, 3.0),  # what the profile then in force gave
+        ("site:RXN01", "opel_level", t0, 3.0),
+        ("system:QXN", "opel_computed_level", t0, 2.0),
+    ]
+    text = to_csv(
+        points,
+        ["ga_occupancy_pct", "opel_computed_level", "opel_level"],
+        score=lambda values: 1,  # today's profile would say 1
+    )
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["scope", "at", "opel_computed_level", "opel_declared_level", "ga_occupancy_pct"]
+    assert rows[1] == ["site:RXN01", t0.isoformat(), "3", "", "90.0"]
+    assert rows[2] == ["system:QXN", t0.isoformat(), "2", "", ""]  # a system's level, kept too
+
+
 def test_declared_level_ends_at_expiry_or_withdrawal() -> None:
     t0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
     d = [
