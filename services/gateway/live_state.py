@@ -17,11 +17,13 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import heapq
 import logging
 import time
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -38,7 +40,10 @@ HEARTBEAT_QUIET = 5.0  # seconds without a frame after which a connection gets t
 DIRECT_LIMIT = 64 * 1024  # bytes written at once to a connection; asyncio's default high-water mark
 CLOSE_TOO_SLOW = 4408
 CURSOR_PREFIX = "c1"
-CLOSED_ESCALATION = frozenset({"resolved", "closed", "cancelled"})
+CLOSED_ESCALATION = frozenset({"resolved", "auto_resolved", "closed", "cancelled"})
+# How long a closed escalation stays in live state and cursors: long enough for a screen that
+# reconnects to be told it closed, short enough that cursors and fan-out do not grow with history.
+CLOSED_ESCALATION_KEPT = timedelta(hours=1)
 
 
 @dataclass(eq=False)
@@ -47,7 +52,9 @@ class Subscriber:
 
     Up to QUEUE_LIMIT frames wait in order. Past that the subscriber *coalesces*: it keeps only the
     latest frame per entity (a newer state makes an older one worthless) and tells the client with
-    a `resync` marker that `seq` will jump. A client that stays coalescing too long is dropped.
+    a `resync` marker that `seq` will jump. Frames of no entity (snapshots, resumes, answers) cannot
+    coalesce and still queue past the limit. A client that stays behind, coalescing or over its
+    limit, too long is dropped; one whose queue passes twice its limit is dropped at once.
     """
 
     limit: int = QUEUE_LIMIT
@@ -62,8 +69,21 @@ class Subscriber:
     direct: DirectWrite | None = None
     sending: bool = False
     last_frame: float = field(default_factory=time.monotonic)  # when a frame last went out or queued
+    over_limit_since: float | None = None  # frames of no entity queued past the limit, since when
+    # Answers to the client's requests (snapshot, resume, pong, act_result) still in `frames`, by
+    # their position in the order of all frames queued so far.
+    _answers: deque[int] = field(default_factory=deque)
+    _queued: int = 0
+    _taken: int = 0
 
-    def deliver(self, frames: list[tuple[str, str | None]], wire: bytes, *, droppable: bool = False) -> None:
+    def deliver(
+        self,
+        frames: list[tuple[str, str | None]],
+        wire: bytes,
+        *,
+        droppable: bool = False,
+        answer: bool = False,
+    ) -> None:
         """Send `frames` (frame, coalescing key), encoded once for everyone as `wire`, in one write if
         nothing waits before them and the socket takes them at once; otherwise queue each as `offer`.
 
@@ -81,18 +101,28 @@ class Subscriber:
                 self.last_frame = time.monotonic()
                 return
         for frame, key in frames:
-            self.offer(frame, key, droppable=droppable)
+            self.offer(frame, key, droppable=droppable, answer=answer)
 
-    def offer(self, frame: str, key: str | None = None, *, droppable: bool = False) -> None:
+    def offer(
+        self, frame: str, key: str | None = None, *, droppable: bool = False, answer: bool = False
+    ) -> None:
         """Queue `frame`; `key` names the entity it carries, so a later frame may replace it.
 
-        A `droppable` frame (a heartbeat) is left out when the queue is full; a snapshot never is.
+        A `droppable` frame (a heartbeat) is left out when the queue is full; a snapshot never is,
+        but it puts the connection behind. An `answer` to the client counts as unanswered until
+        it is taken. Nothing more is queued for a connection that is being closed as too slow.
         """
+        if self.too_slow.is_set():
+            return
         if self.coalescing_since is None and len(self.frames) < self.limit:
-            self.frames.append(frame)
+            self._append(frame, answer)
         elif key is None:
             if not droppable or len(self.frames) < self.limit:
-                self.frames.append(frame)
+                self._append(frame, answer)
+            if len(self.frames) > self.limit and self.over_limit_since is None:
+                self.over_limit_since = asyncio.get_running_loop().time()
+            if len(self.frames) > 2 * self.limit:
+                self.too_slow.set()
         else:
             if self.coalescing_since is None:
                 self.coalescing_since = asyncio.get_running_loop().time()
@@ -102,9 +132,21 @@ class Subscriber:
         self.last_frame = time.monotonic()
         self.ready.set()
 
+    def _append(self, frame: str, answer: bool) -> None:
+        self.frames.append(frame)
+        self._queued += 1
+        if answer:
+            self._answers.append(self._queued)
+
     def take(self) -> str | None:
         if self.frames:
-            return self.frames.popleft()
+            frame = self.frames.popleft()
+            self._taken += 1
+            while self._answers and self._answers[0] <= self._taken:
+                self._answers.popleft()
+            if len(self.frames) <= self.limit:
+                self.over_limit_since = None
+            return frame
         if self.coalesced:
             _, frame = self.coalesced.popitem(last=False)
             if not self.coalesced:
@@ -124,19 +166,35 @@ class Subscriber:
     def pending(self) -> int:
         return len(self.frames) + len(self.coalesced)
 
+    @property
+    def unanswered(self) -> int:
+        """The client's requests whose answers are still queued (an answer being written is not)."""
+        return len(self._answers)
+
+    @property
+    def behind_since(self) -> float | None:
+        """Since when the client has been behind: coalescing, or over its limit with frames of no entity."""
+        since = [t for t in (self.coalescing_since, self.over_limit_since) if t is not None]
+        return min(since, default=None)
+
 
 class CursorError(ValueError):
     pass
 
 
 class LiveState:
-    def __init__(self, org: Organisation) -> None:
+    def __init__(self, org: Organisation, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.org = org
+        self.clock = clock
         self.wards: dict[str, dict[str, Any]] = {}
         self.summaries: dict[str, dict[str, Any]] = {}  # "site:ID" / "system:ID" → metrics and OPEL
         self.escalations: dict[str, dict[str, Any]] = {}  # escalation id → its latest lifecycle state
+        # scope → the ids of the escalations it covers, so that a scope's cursor walks only its own
+        self._escalations_by_scope: defaultdict[Scope, dict[str, None]] = defaultdict(dict)
+        self._closed: list[tuple[datetime, str, int]] = []  # heap: (when to forget, id, version)
         self.seq: dict[Scope, int] = defaultdict(int)
         self.subscribers: dict[Scope, set[Subscriber]] = defaultdict(set)
+        self.connections: set[Subscriber] = set()
         self.changes = 0
         self._keys: dict[Scope, list[str]] = {}
         self._batch: defaultdict[Scope, list[tuple[str, str | None]]] | None = None
@@ -185,38 +243,76 @@ class LiveState:
 
     def update_escalation(self, escalation: dict[str, Any], *, publish: bool = True) -> bool:
         """Keep an escalation's latest lifecycle state (by version); fan it out to the scopes it concerns.
+        Return whether it is kept.
 
-        Closed ones are kept too (snapshots leave them out), so a resume tells a client that an
-        escalation it showed has been resolved meanwhile.
+        A closed one is kept for CLOSED_ESCALATION_KEPT after it closed (snapshots leave it out), so
+        a resume tells a client that an escalation it showed has been resolved meanwhile; then
+        `forget_closed_escalations` drops it, and a cursor that still names it is too old to resume.
         """
         escalation_id = str(escalation.get("id", escalation.get("escalation_id")))
         held = self.escalations.get(escalation_id)
-        if held is not None and held.get("version", 0) >= escalation.get("version", 0):
+        version = int(escalation.get("version", 0))
+        if held is not None and held.get("version", 0) >= version:
             return False
+        forget_at = self._forget_at(escalation)
+        if held is None and forget_at is not None and forget_at <= self.clock():
+            return False  # closed long ago (the topic read again from its start): no screen needs it
+        scopes = self._escalation_scopes(escalation)
+        if held is not None:
+            for scope in set(self._escalation_scopes(held)) - set(scopes):
+                self._escalations_by_scope[scope].pop(escalation_id, None)
         self.escalations[escalation_id] = escalation
+        for scope in scopes:
+            self._escalations_by_scope[scope][escalation_id] = None
+        if forget_at is not None:
+            heapq.heappush(self._closed, (forget_at, escalation_id, version))
         self.changes += 1
         if publish:
-            for scope in self._escalation_scopes(escalation):
+            for scope in scopes:
                 self._publish(scope, f"escalation:{escalation_id}", "escalation", escalation)
         return True
 
+    def _forget_at(self, escalation: dict[str, Any]) -> datetime | None:
+        """When a closed escalation may be forgotten: CLOSED_ESCALATION_KEPT after its last change
+        (the command centre's time, so that every replica forgets it at once); None while open."""
+        if escalation.get("status") not in CLOSED_ESCALATION:
+            return None
+        try:
+            closed_at = datetime.fromisoformat(str(escalation.get("updated_at")))
+        except ValueError:
+            closed_at = self.clock()
+        if closed_at.tzinfo is None:
+            closed_at = self.clock()
+        return closed_at + CLOSED_ESCALATION_KEPT
+
+    def forget_closed_escalations(self) -> None:
+        """Drop the escalations closed more than CLOSED_ESCALATION_KEPT ago from state and cursors."""
+        now = self.clock()
+        while self._closed and self._closed[0][0] <= now:
+            _, escalation_id, version = heapq.heappop(self._closed)
+            held = self.escalations.get(escalation_id)
+            if held is None or held.get("version", 0) != version:
+                continue  # changed again since (a note on it): its later entry decides
+            del self.escalations[escalation_id]
+            for scope in self._escalation_scopes(held):
+                self._escalations_by_scope[scope].pop(escalation_id, None)
+
     def _escalation_scopes(self, escalation: dict[str, Any]) -> list[Scope]:
-        """The escalation's own scope and every scope above it."""
+        """Every scope from the system down to where the escalation is now and where it was raised:
+        a ward keeps seeing what it promoted, and a system escalation reaches the system only."""
         scopes = [Scope(Tier.system, self.org.system.id)]
-        site_id, ward_id = escalation.get("site_id"), escalation.get("ward_id")
-        with contextlib.suppress(ValueError):
-            own = Scope.parse(str(escalation.get("scope", "")))
-            if own.tier is Tier.ward:
-                ward_id = own.id
-            elif own.tier is Tier.site:
-                site_id = own.id
-        ward = self.org.wards.get(str(ward_id))
-        if ward is not None:
-            site_id = ward.site_id
-            scopes.append(Scope(Tier.ward, ward.id))
-        if site_id in self.org.sites_by_id:
-            scopes.append(Scope(Tier.site, str(site_id)))
-        return scopes
+        for name in ("origin_scope", "scope"):
+            try:
+                place = Scope.parse(str(escalation.get(name) or ""))
+            except ValueError:
+                continue
+            ward = self.org.wards.get(place.id) if place.tier is Tier.ward else None
+            site_id = ward.site_id if ward is not None else place.id if place.tier is Tier.site else None
+            if site_id in self.org.sites_by_id:
+                scopes.append(Scope(Tier.site, str(site_id)))
+            if ward is not None:
+                scopes.append(place)
+        return list(dict.fromkeys(scopes))
 
     # -- fan-out ---------------------------------------------------------------------------------
 
@@ -264,6 +360,7 @@ class LiveState:
 
         Later deltas of the scope follow it in order.
         """
+        self.connections.add(subscriber)
         self.subscribers[scope].add(subscriber)
         subscriber.scopes.add(scope)
         if cursor:
@@ -303,10 +400,20 @@ class LiveState:
             }
         ).decode()
 
-    def unsubscribe(self, subscriber: Subscriber) -> None:
-        for scope in subscriber.scopes:
+    def unsubscribe(self, subscriber: Subscriber, scopes: Iterable[Scope] | None = None) -> None:
+        """End the subscriber's subscriptions: all of them, or those among `scopes`."""
+        ending = set(subscriber.scopes) if scopes is None else subscriber.scopes & set(scopes)
+        for scope in ending:
             self.subscribers[scope].discard(subscriber)
-        subscriber.scopes.clear()
+        subscriber.scopes -= ending
+
+    def connect(self, subscriber: Subscriber) -> None:
+        """Count a connection from its start: one that subscribes to nothing can still fall behind."""
+        self.connections.add(subscriber)
+
+    def disconnect(self, subscriber: Subscriber) -> None:
+        self.unsubscribe(subscriber)
+        self.connections.discard(subscriber)
 
     def heartbeat(self, now: float | None = None) -> None:
         """Tell the quiet connections that the feed is alive.
@@ -315,16 +422,14 @@ class LiveState:
         so a busy feed costs no heartbeat burst to every screen.
         """
         now = time.monotonic() if now is None else now
-        everyone = {s for watchers in self.subscribers.values() for s in watchers}
-        quiet = [s for s in everyone if now - s.last_frame >= HEARTBEAT_QUIET]
+        quiet = [s for s in self.connections if now - s.last_frame >= HEARTBEAT_QUIET]
         frame = orjson.dumps({"type": "heartbeat", "at": utcnow().isoformat()}).decode()
         self._send(quiet, [(frame, None)], droppable=True)
 
     def stragglers(self, now: float, drop_after: float) -> list[Subscriber]:
-        """Subscribers that have been coalescing for longer than `drop_after` seconds."""
-        everyone = {s for watchers in self.subscribers.values() for s in watchers}
+        """Connections behind (`Subscriber.behind_since`) for longer than `drop_after` seconds."""
         return [
-            s for s in everyone if s.coalescing_since is not None and now - s.coalescing_since > drop_after
+            s for s in self.connections if (since := s.behind_since) is not None and now - since > drop_after
         ]
 
     # -- cursors ---------------------------------------------------------------------------------
@@ -372,6 +477,9 @@ class LiveState:
             raise CursorError("cursor of another scope")
         if not isinstance(escalations, dict):
             raise CursorError("unreadable cursor")
+        held = self._escalations_by_scope.get(scope, {})
+        if any(k not in held for k in escalations):
+            raise CursorError("cursor older than what is kept: it names an escalation long closed")
         seen = {k: int(v) for k, v in zip(keys, fixed, strict=True)}
         seen.update({f"escalation:{k}": int(v) for k, v in escalations.items()})
         return seen
@@ -379,7 +487,7 @@ class LiveState:
     # -- scope geometry --------------------------------------------------------------------------
 
     def _escalation_ids_in(self, scope: Scope) -> list[str]:
-        return [i for i, e in self.escalations.items() if scope in self._escalation_scopes(e)]
+        return list(self._escalations_by_scope.get(scope, ()))
 
     def _escalations_in(self, scope: Scope) -> list[dict[str, Any]]:
         """The open ones (a snapshot needs no history)."""

@@ -15,7 +15,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from services.gateway.live_state import LiveState
+from services.gateway.live_state import CLOSED_ESCALATION_KEPT, LiveState
 from shared import topics
 from shared.kafka import FETCH_WAIT_MS, IncarnationProbe, stop_client
 from shared.supervise import supervise
@@ -28,10 +28,12 @@ async def seed_from_database(pool: asyncpg.Pool, live: LiveState) -> None:
         live.seed(row["summary"])
     for row in await pool.fetch("SELECT summary FROM scope_state"):
         live.update_summary(row["summary"], publish=False)
+    # the open ones, and those closed recently enough that a resuming screen must still be told
     for row in await pool.fetch(
         "SELECT id, dedup_key, rule, tier, scope, origin_scope, site_id, severity, reason, values, status, "
         "owner, links, promote_at, snoozed_until, flapping, version, created_at, updated_at "
-        "FROM escalation WHERE status IN ('open', 'acknowledged')"
+        "FROM escalation WHERE status IN ('open', 'acknowledged') OR updated_at > $1",
+        live.clock() - CLOSED_ESCALATION_KEPT,
     ):
         live.update_escalation(escalation_view(row), publish=False)
 
@@ -85,6 +87,7 @@ class StateFeed:
                     for records in batch.values():
                         for record in records:
                             self._apply(record.value)
+                self.live.forget_closed_escalations()
                 if not batch and loop.time() - checked > 2.0:
                     checked = loop.time()
                     if await probe.current() != incarnation:

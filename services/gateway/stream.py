@@ -1,8 +1,10 @@
 """`WS /v1/stream`: authenticate with the first message, subscribe to scopes, receive snapshot + deltas,
-and act on escalations (`{"type": "act", ...}`, answered by `act_result`).
+act on escalations (`{"type": "act", ...}`, answered by `act_result`), and renew the token with a
+further `auth` before it expires.
 
-Close codes (docs/stream.md): 4400 bad message, 4401 not authenticated, 4403 scope not allowed,
-4408 too slow (stayed behind for too long), 4410 idle (nothing heard from the client for too long).
+Close codes (docs/stream.md): 4400 bad message, 4401 not authenticated or token expired, 4403 scope
+not allowed, 4408 too slow (stayed behind for too long, or left too many requests unanswered), 4410
+idle (nothing heard from the client for too long).
 """
 
 from __future__ import annotations
@@ -10,9 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import jwt
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
@@ -25,12 +31,17 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 AUTH_TIMEOUT_SECONDS = 10.0
+# Requests whose answers may wait unsent at once: a client that keeps asking but reads nothing is
+# closed as too slow rather than left to fill the gateway's memory with snapshots and pongs.
+MAX_UNANSWERED = 64
+ANSWERED = frozenset({"auth", "subscribe", "ping", "act"})
 CLOSE_BAD_MESSAGE = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_IDLE = 4410
-# A connection closed as too slow must take the close frame within this long, or it is cut off:
-# a peer whose socket stays open but never reads (a frozen screen) would otherwise hold it forever.
+# A connection closed as too slow (or on its token's expiry) must take the close frame within this
+# long, or it is cut off: a peer whose socket stays open but never reads (a frozen screen) would
+# otherwise hold it forever.
 CLOSE_DEADLINE_SECONDS = 10.0
 PONG = orjson.dumps({"type": "pong"}).decode()
 PONG_FRAME = text_frame(PONG)
@@ -45,12 +56,46 @@ async def _receive_json(ws: WebSocket, timeout: float | None = None) -> dict[str
     return message
 
 
-async def _authenticate(ws: WebSocket, runtime: Runtime) -> tuple[Principal, str] | None:
+@dataclass(frozen=True)
+class Credentials:
+    """What the last `auth` message established: who, the token acts carry, and until when."""
+
+    principal: Principal
+    token: str
+    expires_at: float  # the token's `exp`, Unix seconds
+
+
+def _credentials(runtime: Runtime, message: dict[str, Any]) -> Credentials:
+    token = message.get("token")
+    if not isinstance(token, str):
+        raise AuthError('an auth message is {"type": "auth", "token": ...}')
+    principal = verify_token(runtime.secrets.jwt_secret, token)
+    # verified just above, which requires an `exp`: only read it again
+    expires_at = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+    return Credentials(principal, token, expires_at)
+
+
+def _ready(credentials: Credentials, *, unsubscribed: list[Scope] | None = None) -> str:
+    """The answer to an `auth`; to a renewal, with the subscriptions the new token ended."""
+    principal = credentials.principal
+    ready: dict[str, Any] = {
+        "type": "ready",
+        "subject": principal.subject,
+        "role": principal.role.value,
+        "scopes": [str(s) for s in principal.scopes],
+        "expires_at": datetime.fromtimestamp(credentials.expires_at, UTC).isoformat(),
+    }
+    if unsubscribed is not None:
+        ready["unsubscribed"] = [str(s) for s in unsubscribed]
+    return orjson.dumps(ready).decode()
+
+
+async def _authenticate(ws: WebSocket, runtime: Runtime) -> Credentials | None:
     try:
         message = await _receive_json(ws, AUTH_TIMEOUT_SECONDS)
-        if message["type"] != "auth" or not isinstance(message.get("token"), str):
+        if message["type"] != "auth":
             raise AuthError('the first message must be {"type": "auth", "token": ...}')
-        return verify_token(runtime.secrets.jwt_secret, message["token"]), message["token"]
+        return _credentials(runtime, message)
     except (AuthError, ValueError, TimeoutError) as exc:
         reason = exc.detail if isinstance(exc, AuthError) else str(exc) or "authentication timed out"
         await ws.close(CLOSE_UNAUTHENTICATED, reason[:120])
@@ -126,41 +171,40 @@ async def stream(ws: WebSocket) -> None:
     runtime: Runtime = ws.app.state.runtime
     live: LiveState = runtime.extra["live"]
     await ws.accept()
-    authenticated = await _authenticate(ws, runtime)
-    if authenticated is None:
+    credentials = await _authenticate(ws, runtime)
+    if credentials is None:
         return
-    principal, token = authenticated
     subscriber = Subscriber(direct=direct_write(ws.scope), limit=runtime.settings.stream_queue_frames)
-    await ws.send_text(
-        orjson.dumps(
-            {
-                "type": "ready",
-                "subject": principal.subject,
-                "role": principal.role.value,
-                "scopes": [str(s) for s in principal.scopes],
-            }
-        ).decode()
-    )
+    await ws.send_text(_ready(credentials))
+    live.connect(subscriber)
     sender = asyncio.create_task(_sender(ws, subscriber))
     slow = asyncio.create_task(subscriber.too_slow.wait())
-    # The receive loop runs here; the sender ending (socket gone) or the subscriber falling too far
-    # behind interrupts it. Callbacks rather than a task and a wait per message: a screen's pings
-    # are most of what 10,000 connections send.
+    # The receive loop runs here; the sender ending (socket gone), the subscriber falling too far
+    # behind or the token expiring interrupts it. Callbacks rather than a task and a wait per
+    # message: a screen's pings are most of what 10,000 connections send.
     handler = asyncio.current_task()
     assert handler is not None
-    ended_by: list[asyncio.Task[Any]] = []
+    loop = asyncio.get_running_loop()
+    ended_by: list[str] = []
 
-    def interrupt(task: asyncio.Task[Any]) -> None:
+    def interrupt(reason: str) -> None:
+        if not ended_by:
+            ended_by.append(reason)
+            handler.cancel()
+
+    def task_ended(task: asyncio.Task[Any]) -> None:
         if task.cancelled():
             return
         if task.exception() is not None:  # the socket went away under the sender: nothing to report
             log.debug("stream sender ended: %r", task.exception())
-        if not ended_by:
-            ended_by.append(task)
-            handler.cancel()
+        interrupt("too slow" if task is slow else "sender ended")
 
-    sender.add_done_callback(interrupt)
-    slow.add_done_callback(interrupt)
+    def expire_at(expires_at: float) -> asyncio.TimerHandle:
+        return loop.call_later(max(0.0, expires_at - time.time()), interrupt, "token expired")
+
+    sender.add_done_callback(task_ended)
+    slow.add_done_callback(task_ended)
+    expiry = expire_at(credentials.expires_at)
     try:
         while True:
             try:
@@ -168,25 +212,41 @@ async def stream(ws: WebSocket) -> None:
             except TimeoutError:
                 await ws.close(CLOSE_IDLE, "nothing received from the client; send a ping every 15 s")
                 return
+            if message["type"] in ANSWERED and subscriber.unanswered >= MAX_UNANSWERED:
+                await _close_unread(ws, CLOSE_TOO_SLOW, "too many requests unanswered; read the answers")
+                return
             if message["type"] == "ping":
-                subscriber.deliver([(PONG, None)], PONG_FRAME)
+                subscriber.deliver([(PONG, None)], PONG_FRAME, answer=True)
             elif message["type"] == "subscribe":
                 try:
                     scope = Scope.parse(str(message.get("scope", "")))
                 except ValueError as exc:
                     await ws.close(CLOSE_BAD_MESSAGE, str(exc)[:120])
                     return
-                if not exists(scope, runtime.org) or not principal.may_see(scope, runtime.org):
+                if not exists(scope, runtime.org) or not credentials.principal.may_see(scope, runtime.org):
                     await ws.close(CLOSE_FORBIDDEN, f"scope {scope} not allowed for this token"[:120])
                     return
                 cursor = message.get("cursor")
                 subscriber.offer(
-                    live.subscribe(subscriber, scope, cursor if isinstance(cursor, str) else None)
+                    live.subscribe(subscriber, scope, cursor if isinstance(cursor, str) else None),
+                    answer=True,
                 )
             elif message["type"] == "act":
-                subscriber.offer(await act(runtime, token, message))
+                subscriber.offer(await act(runtime, credentials.token, message), answer=True)
             elif message["type"] == "unsubscribe":
                 live.unsubscribe(subscriber)
+            elif message["type"] == "auth":
+                try:
+                    credentials = _credentials(runtime, message)
+                except AuthError as exc:
+                    await ws.close(CLOSE_UNAUTHENTICATED, exc.detail[:120])
+                    return
+                expiry.cancel()
+                expiry = expire_at(credentials.expires_at)
+                principal = credentials.principal
+                ended = sorted(s for s in subscriber.scopes if not principal.may_see(s, runtime.org))
+                live.unsubscribe(subscriber, ended)
+                subscriber.offer(_ready(credentials, unsubscribed=ended), answer=True)
             else:
                 await ws.close(CLOSE_BAD_MESSAGE, f"unknown message type {message['type']!r}"[:120])
                 return
@@ -194,25 +254,30 @@ async def stream(ws: WebSocket) -> None:
         if not ended_by:
             raise  # the server is stopping
         handler.uncancel()
-        if ended_by[0] is slow:
-            await _close_too_slow(ws)
+        if ended_by[0] == "too slow":
+            await _close_unread(ws, CLOSE_TOO_SLOW, "client too slow; reconnect for a fresh snapshot")
+        elif ended_by[0] == "token expired":
+            reason = "token expired; renew it in time with an auth message"
+            await _close_unread(ws, CLOSE_UNAUTHENTICATED, reason)
     except WebSocketDisconnect:
         return
     except ValueError as exc:
         with contextlib.suppress(RuntimeError):
             await ws.close(CLOSE_BAD_MESSAGE, f"not JSON: {exc}"[:120])
     finally:
-        ended_by.append(handler)  # from here on, the tasks ending interrupt nothing
-        live.unsubscribe(subscriber)
+        ended_by.append("handler ended")  # from here on, the tasks ending interrupt nothing
+        expiry.cancel()
+        live.disconnect(subscriber)
         sender.cancel()
         slow.cancel()
 
 
-async def _close_too_slow(ws: WebSocket) -> None:
-    """Close with 4408; cut the connection off if even the close frame cannot go out in time."""
+async def _close_unread(ws: WebSocket, code: int, reason: str) -> None:
+    """Close a connection that may not be reading; cut it off if even the close frame cannot go
+    out in time."""
     try:
         async with asyncio.timeout(CLOSE_DEADLINE_SECONDS):
-            await ws.close(CLOSE_TOO_SLOW, "client too slow; reconnect for a fresh snapshot")
+            await ws.close(code, reason)
     except (RuntimeError, WebSocketDisconnect):
         return  # already closed or gone
     except TimeoutError:

@@ -1,6 +1,7 @@
 """Escalations on the real stack: traffic fills a ward, the ward escalation is promoted to the site
 when nobody acknowledges it, a site manager acknowledges it (a ward token may not), the site's
-watchers see it; and a command-centre killed before a deadline promotes exactly once after restart."""
+watchers see it and so do the ward's, up to its resolution; a system escalation reaches the system's
+watchers only; and a command-centre killed before a deadline promotes exactly once after restart."""
 
 from __future__ import annotations
 
@@ -74,6 +75,9 @@ async def test_full_ward_escalates_and_is_promoted_to_the_site(
     )
     snapshot = await watcher.next("snapshot")
     assert snapshot["escalations"] == []
+    ward_jwt = token(test_secrets, Role.ward_nurse, f"ward:{WARD}")
+    ward_watcher = await StreamClient.connect(stack.url_of("gateway"), ward_jwt, f"ward:{WARD}")
+    await ward_watcher.next("snapshot")
     async with httpx.AsyncClient(timeout=30) as client:
         for bed in org.wards[WARD].bed_list:
             response = await post_signed(
@@ -95,6 +99,15 @@ async def test_full_ward_escalates_and_is_promoted_to_the_site(
             timeout=WARD_ACK_SECONDS + 30,
         )
         assert promoted["escalation"]["scope"] == "site:RXN01"
+        # the ward it was raised at keeps seeing it: the promotion reaches the ward's watchers
+        raised_at_ward, _ = await ward_watcher.until(
+            lambda d: (d.get("escalation") or {}).get("id") == escalation["id"]
+        )
+        ward_cursor = raised_at_ward["cursor"]
+        await ward_watcher.until(lambda d: (d.get("escalation") or {}).get("tier") == "site")
+        late = await StreamClient.connect(stack.url_of("gateway"), ward_jwt, f"ward:{WARD}")
+        assert [e["tier"] for e in (await late.next("snapshot"))["escalations"]] == ["site"]
+        await late.close()
 
         nurse = bearer(test_secrets, Role.ward_nurse, f"ward:{WARD}")
         url = f"{centre}/v1/escalations/{escalation['id']}"
@@ -140,12 +153,43 @@ async def test_full_ward_escalates_and_is_promoted_to_the_site(
                 and d["escalation"]["status"] == "resolved"
             )
         )
+        await ward_watcher.until(lambda d: (d.get("escalation") or {}).get("status") == "resolved")
+        # and a ward screen that was away is told on resume that what it showed is resolved
+        resumed = await StreamClient.connect(stack.url_of("gateway"), ward_jwt, f"ward:{WARD}", ward_cursor)
+        frame = await resumed.next("resume", "snapshot")
+        assert frame["type"] == "resume"
+        assert [(e["id"], e["status"]) for e in frame["escalations"]] == [(escalation["id"], "resolved")]
+        await resumed.close()
         # the same rule and ward (still full): never a second escalation
         assert [e["id"] for e in await escalations(client, stack, test_secrets)] == [escalation["id"]]
         # the ward still sees what it escalated, read-only
         mine = await client.get(f"{centre}/v1/escalations", params={"scope": f"ward:{WARD}"}, headers=nurse)
         assert [e["id"] for e in mine.json()["escalations"]] == [escalation["id"]]
     await watcher.close()
+    await ward_watcher.close()
+
+
+async def test_a_system_escalation_reaches_the_system_watchers_only(
+    stack: Stack, test_secrets: Secrets
+) -> None:
+    gateway = stack.url_of("gateway")
+    admin = token(test_secrets, Role.admin, "system:QXN")
+    first_site = await StreamClient.connect(gateway, admin, "site:RXN01")
+    system = await StreamClient.connect(gateway, admin, "system:QXN")
+    await first_site.next("snapshot")
+    await system.next("snapshot")
+    raised = await system.act({"action": "raise", "scope": "system:QXN", "reason": "ambulances held"})
+    assert raised["status"] == 201, raised
+    await system.until(lambda d: (d.get("escalation") or {}).get("id") == raised["id"])
+    # a site escalation after it, stored in the same order: the site's first escalation delta
+    at_site = await system.act({"action": "raise", "scope": "site:RXN01", "reason": "CT down"})
+    assert at_site["status"] == 201, at_site
+    first, _ = await first_site.until(lambda d: "escalation" in d)
+    assert first["escalation"]["id"] == at_site["id"], "the system's escalation is not the site's"
+    again = await StreamClient.connect(gateway, admin, "site:RXN01")
+    assert [e["id"] for e in (await again.next("snapshot"))["escalations"]] == [at_site["id"]]
+    for client in (first_site, system, again):
+        await client.close()
 
 
 async def test_acting_over_the_websocket(stack: Stack, test_secrets: Secrets) -> None:

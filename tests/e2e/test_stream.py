@@ -8,6 +8,7 @@ import errno
 import signal
 import socket
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from icc.embedded import free_port, wait_for_port
 from icc.stack import Stack
 from icc.watch import watch
 from services.gateway.stream import CLOSE_DEADLINE_SECONDS
-from shared.auth import Role
+from shared.auth import Role, mint_token
 from shared.secrets_store import Secrets
 from tests.conftest import eventually
 from tests.helpers import StreamClient, bed_event, post_signed, token
@@ -356,3 +357,90 @@ async def test_gateway_workers_still_starting_end_with_a_killed_supervisor(stack
         return not any_alive(workers)
 
     await eventually(workers_gone, timeout=30)
+
+
+def short_token(secrets: Secrets, ttl_seconds: int, scope: str) -> str:
+    """A token that expires within `ttl_seconds` (its `exp` is in whole seconds)."""
+    role = Role.wall_display
+    return mint_token(
+        secrets.jwt_secret, subject=f"test-{role.value}", role=role, scopes=[scope], ttl_seconds=ttl_seconds
+    )
+
+
+async def send(client: StreamClient, message: dict[str, Any]) -> None:
+    await client.ws.send(orjson.dumps(message).decode())
+
+
+async def test_an_expired_token_closes_the_connection_unless_renewed_in_time(
+    stack: Stack, test_secrets: Secrets
+) -> None:
+    gateway = stack.url_of("gateway")
+    lapsing = await StreamClient.connect(gateway, short_token(test_secrets, 2, SITE), SITE)
+    renewing = await StreamClient.connect(gateway, short_token(test_secrets, 2, SITE), SITE)
+    await renewing.next("snapshot")
+    await send(renewing, {"type": "auth", "token": token(test_secrets, Role.wall_display, SITE)})
+    renewed = await renewing.next("ready")
+    assert renewed["unsubscribed"] == []
+    assert datetime.fromisoformat(renewed["expires_at"]) > datetime.now(UTC) + timedelta(hours=11)
+
+    with pytest.raises(websockets.ConnectionClosed):
+        await lapsing.next("never", timeout=10)
+    assert lapsing.ws.close_code == 4401
+    assert "expired" in (lapsing.ws.close_reason or "")
+    await asyncio.sleep(1)  # well past the first token's expiry
+    await renewing.ping()
+    assert (await renewing.next("pong", timeout=5))["type"] == "pong", "the renewed connection stays"
+    # a renewal with a token that does not verify ends the connection
+    await send(renewing, {"type": "auth", "token": short_token(test_secrets, -1, SITE)})
+    with pytest.raises(websockets.ConnectionClosed):
+        await renewing.next("never", timeout=10)
+    assert renewing.ws.close_code == 4401
+
+
+async def test_a_renewed_token_ends_the_subscriptions_it_does_not_allow(
+    stack: Stack, test_secrets: Secrets
+) -> None:
+    gateway = stack.url_of("gateway")
+    watcher = await StreamClient.connect(gateway, token(test_secrets, Role.wall_display, "system:QXN"), SITE)
+    await watcher.next("snapshot")
+    await send(watcher, {"type": "subscribe", "scope": "site:RXN02"})
+    await watcher.next("snapshot")
+    await send(watcher, {"type": "auth", "token": token(test_secrets, Role.wall_display, "site:RXN02")})
+    ready = await watcher.next("ready")
+    assert ready["scopes"] == ["site:RXN02"] and ready["unsubscribed"] == [SITE]
+    async with httpx.AsyncClient() as client:
+        await post_bed(client, stack, test_secrets, "RXN01-AMU-B1-1", "occupied")
+        await post_bed(client, stack, test_secrets, "RXN02-W1-B1-1", "occupied")
+        _, seen = await watcher.until(lambda d: bed_of(d, "RXN02-W1-B1-1") == "occupied")
+    assert {d["scope"] for d in seen} == {"site:RXN02"}
+    await watcher.ping()
+    while (message := await watcher.next("pong", "delta"))["type"] != "pong":
+        assert message["scope"] == "site:RXN02", message
+    # what only the old token allowed is refused from now on
+    await send(watcher, {"type": "subscribe", "scope": SITE})
+    with pytest.raises(websockets.ConnectionClosed):
+        await watcher.next("never", timeout=10)
+    assert watcher.ws.close_code == 4403
+
+
+async def test_a_client_that_asks_without_reading_is_closed(stack: Stack, test_secrets: Secrets) -> None:
+    """Subscribes answered by snapshots it never reads: the gateway stops at MAX_UNANSWERED of them
+    rather than queue every one."""
+    jwt = token(test_secrets, Role.wall_display, "system:QXN")
+    gateway = stack.url_of("gateway")
+    asking = await stalled_client(gateway, jwt)
+    subscribe = orjson.dumps({"type": "subscribe", "scope": "system:QXN"}).decode()
+    for _ in range(1000):
+        await asking.send(subscribe)
+    received = 0
+    with pytest.raises(websockets.ConnectionClosed):
+        async with asyncio.timeout(30):
+            while True:
+                await asking.recv()  # what was already on its way, then the close
+                received += 1
+    assert asking.close_code == 4408, (asking.close_code, received)
+    assert "unanswered" in (asking.close_reason or "")
+    assert received < 1000
+    live = await StreamClient.connect(gateway, jwt, "system:QXN")
+    await live.next("snapshot")
+    await live.close()

@@ -1,14 +1,16 @@
-"""The gateway's live state: cursors that resume exactly, and slow subscribers that coalesce."""
+"""The gateway's live state: cursors that resume exactly, slow subscribers that coalesce or are dropped,
+escalations that reach every scope they concern and are forgotten an hour after they close."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 
-from services.gateway.live_state import HEARTBEAT_QUIET, LiveState, Subscriber
+from services.gateway.live_state import CLOSED_ESCALATION_KEPT, HEARTBEAT_QUIET, LiveState, Subscriber
 from shared.auth import Scope, Tier
 from shared.organisation import Organisation
 
@@ -229,3 +231,138 @@ async def test_heartbeats_go_only_to_connections_that_heard_nothing_lately(org: 
     live.heartbeat(now=time.monotonic() + HEARTBEAT_QUIET)
     assert [f["type"] for f in drain(busy)] == ["heartbeat"]
     assert [f["type"] for f in drain(quiet)] == ["heartbeat"]
+
+
+async def test_a_queue_of_frames_that_cannot_coalesce_is_bounded(org: Organisation) -> None:
+    """Snapshots, resumes and answers have no entity to coalesce on: past the limit the client
+    counts as behind (dropped after the grace), and at twice the limit it is dropped at once."""
+    scope, _ = site_of(org)
+    live = LiveState(org)
+    reader, stalled = Subscriber(limit=3), Subscriber(limit=3)
+    live.connect(stalled)  # subscribed to nothing: only answers to pings queue up
+    for subscriber in (reader, stalled):
+        for _ in range(4):
+            subscriber.offer(live.subscribe(subscriber, scope), answer=True)
+    assert stalled.behind_since is not None
+    assert set(live.stragglers(stalled.behind_since + 31.0, 30.0)) == {reader, stalled}
+    assert not stalled.too_slow.is_set()
+
+    drain(reader)  # a client that reads again is in time again
+    assert reader.behind_since is None and reader.unanswered == 0
+    live.unsubscribe(stalled)
+    assert live.stragglers(1e12, 30.0) == [stalled], "a connection counts without any subscription"
+
+    stalled.offer(live.snapshot(scope), answer=True)
+    stalled.offer(live.snapshot(scope), answer=True)
+    assert stalled.pending == 6 and not stalled.too_slow.is_set()
+    stalled.offer(live.snapshot(scope), answer=True)
+    assert stalled.too_slow.is_set(), "past twice its limit a connection is dropped without the grace"
+    stalled.offer(live.snapshot(scope), answer=True)
+    assert stalled.pending == 7, "nothing more is queued for a connection being closed"
+    live.disconnect(stalled)
+    assert live.stragglers(1e12, 30.0) == []
+
+
+async def test_answers_count_until_they_are_sent(org: Organisation) -> None:
+    scope, wards = site_of(org)
+    live = LiveState(org)
+    socket = Socket()
+    watcher = Subscriber(direct=socket)
+    live.connect(watcher)
+    pong = orjson.dumps({"type": "pong"}).decode()
+    watcher.deliver([(pong, None)], pong.encode(), answer=True)
+    assert watcher.unanswered == 0, "an answer written at once waits for nothing"
+    watcher.offer(live.subscribe(watcher, scope), answer=True)
+    live.update(ward(wards[0], 1))
+    watcher.deliver([(pong, None)], pong.encode(), answer=True)
+    assert watcher.unanswered == 2, "the snapshot and the pong queued behind it"
+    assert watcher.take() is not None and watcher.unanswered == 1
+    assert [f["type"] for f in drain(watcher)] == ["delta", "pong"]
+    assert watcher.unanswered == 0
+
+
+def escalation_at(ident: str, version: int, scope: str, origin: str, status: str = "open") -> dict[str, Any]:
+    return {
+        "id": ident,
+        "version": version,
+        "scope": scope,
+        "origin_scope": origin,
+        "site_id": "",
+        "status": status,
+        "tier": scope.split(":")[0],
+    }
+
+
+async def test_a_ward_keeps_seeing_what_it_promoted_until_it_is_resolved(org: Organisation) -> None:
+    site, wards = site_of(org)
+    system = Scope(Tier.system, org.system.id)
+    place = Scope(Tier.ward, wards[0])
+    live = LiveState(org)
+    ward_watcher, site_watcher = Subscriber(), Subscriber()
+    live.subscribe(ward_watcher, place)
+    live.subscribe(site_watcher, site)
+    raised = {**escalation_at("e1", 1, str(place), str(place)), "site_id": site.id}
+    live.update_escalation(raised)
+    cursor = drain(ward_watcher)[-1]["cursor"]
+    promoted = {**raised, "version": 2, "tier": "site", "scope": str(site)}
+    live.update_escalation(promoted)
+    assert [f["escalation"]["version"] for f in drain(ward_watcher)] == [2]
+    assert orjson.loads(live.snapshot(place))["escalations"] == [promoted]
+    on_top = {**promoted, "version": 3, "tier": "system", "scope": str(system)}
+    live.update_escalation(on_top)
+    resolved = {**on_top, "version": 4, "status": "resolved"}
+    live.update_escalation(resolved)
+    assert [f["escalation"]["version"] for f in drain(ward_watcher)] == [3, 4]
+    assert [f["escalation"]["version"] for f in drain(site_watcher)] == [1, 2, 3, 4]
+    assert orjson.loads(live.snapshot(place))["escalations"] == []
+    resumed = orjson.loads(live.subscribe(Subscriber(), place, cursor))
+    assert resumed["type"] == "resume" and resumed["escalations"] == [resolved]
+
+
+async def test_a_system_escalation_reaches_the_system_watchers_only(org: Organisation) -> None:
+    site, _ = site_of(org)
+    system = Scope(Tier.system, org.system.id)
+    live = LiveState(org)
+    site_watcher, system_watcher = Subscriber(), Subscriber()
+    live.subscribe(site_watcher, site)
+    live.subscribe(system_watcher, system)
+    # a system escalation is stored under the first site (its partition key): that says nothing of where it is
+    raised = {**escalation_at("s1", 1, str(system), str(system)), "site_id": site.id}
+    live.update_escalation(raised)
+    assert drain(site_watcher) == []
+    assert [f["escalation"]["id"] for f in drain(system_watcher)] == ["s1"]
+    assert orjson.loads(live.snapshot(site))["escalations"] == []
+    assert orjson.loads(live.snapshot(system))["escalations"] == [raised]
+
+
+async def test_a_closed_escalation_is_forgotten_an_hour_after_it_closed(org: Organisation) -> None:
+    site, wards = site_of(org)
+    now = [datetime(2026, 11, 26, 9, 0, tzinfo=UTC)]
+    live = LiveState(org, clock=lambda: now[0])
+    watcher = Subscriber()
+    live.subscribe(watcher, site)
+    place = f"ward:{wards[0]}"
+    live.update_escalation(escalation_at("open", 1, place, place))
+    live.update_escalation(escalation_at("done", 1, place, place))
+    cursor = drain(watcher)[-1]["cursor"]
+    closed = {**escalation_at("done", 2, place, place, "auto_resolved"), "updated_at": now[0].isoformat()}
+    live.update_escalation(closed)
+    assert [e["id"] for e in orjson.loads(live.snapshot(site))["escalations"]] == ["open"]
+
+    now[0] += CLOSED_ESCALATION_KEPT - timedelta(seconds=1)
+    live.forget_closed_escalations()
+    resumed = orjson.loads(live.subscribe(Subscriber(), site, cursor))
+    assert resumed["type"] == "resume" and resumed["escalations"] == [closed], "still in time to take it down"
+
+    now[0] += timedelta(seconds=1)
+    live.forget_closed_escalations()
+    assert "done" not in live.escalations
+    assert "done" not in str(live.decode_cursor(site, live.cursor(site)))
+    # a cursor naming what is no longer kept is too old: the client gets everything afresh
+    assert orjson.loads(live.subscribe(Subscriber(), site, cursor))["type"] == "snapshot"
+    # one that arrives closed longer ago than that (a replay of the topic) is neither kept nor sent
+    drain(watcher)
+    old = {**escalation_at("old", 3, place, place, "resolved"), "updated_at": "2026-11-26T09:00:00+00:00"}
+    live.update_escalation(old)
+    assert "old" not in live.escalations and drain(watcher) == []
+    assert "open" in live.escalations
