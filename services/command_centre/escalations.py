@@ -255,6 +255,8 @@ ACTORS: dict[Role, frozenset[Tier]] = {
     Role.ward_nurse: frozenset({Tier.ward}),
     Role.site_manager: frozenset({Tier.ward, Tier.site}),
     Role.icb_analyst: frozenset(),
+    # the ICB's system coordination centre: the system tier is what it answers for
+    Role.system_coordinator: frozenset({Tier.system}),
     Role.wall_display: frozenset(),
     Role.admin: frozenset({Tier.ward, Tier.site, Tier.system}),
 }

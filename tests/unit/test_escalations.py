@@ -251,6 +251,7 @@ def test_who_may_act() -> None:
     assert may_act(Role.site_manager, Tier.site) and not may_act(Role.site_manager, Tier.system)
     assert not may_act(Role.wall_display, Tier.ward)
     assert may_act(Role.admin, Tier.system)
+    assert may_act(Role.system_coordinator, Tier.system) and not may_act(Role.system_coordinator, Tier.site)
 
 
 def test_command_centre_refuses_to_start_with_bad_rules(tmp_path: Path, org: Organisation) -> None:
