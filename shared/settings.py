@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     mllp_host: str = Field(default="127.0.0.1", alias="ICC_MLLP_HOST")
     # Who may connect, and which source each address speaks for: `address-or-network=source, …`.
     mllp_sources: str = Field(default="127.0.0.1=pas,::1=pas", alias="ICC_MLLP_SOURCES")
+    # An MLLP connection that sends nothing for this long is closed (a half-sent frame is dropped); 0: never.
+    mllp_idle_seconds: float = Field(default=600.0, ge=0, alias="ICC_MLLP_IDLE_SECONDS")
 
     topic_partitions: int = Field(default=6, alias="ICC_TOPIC_PARTITIONS")
     # How long a consumer's fetch waits at the broker for data: short for the embedded broker, which
@@ -68,6 +70,9 @@ class Settings(BaseSettings):
     hl7_dedup_days: float = Field(default=30.0, alias="ICC_HL7_DEDUP_DAYS")
     max_body_bytes: int = Field(default=1_048_576, alias="ICC_MAX_BODY_BYTES")
     webhook_max_skew_seconds: int = Field(default=300, alias="ICC_WEBHOOK_MAX_SKEW_SECONDS")
+    # How far ahead of ICC's clock at receipt a source's event time may be: hospital systems' clocks
+    # drift, but not by hours, and a time far ahead would win over every real event until it passes.
+    max_future_skew_seconds: int = Field(default=300, ge=0, alias="ICC_MAX_FUTURE_SKEW_SECONDS")
     # Per source and per ingest replica (token bucket); 0 requests/s turns the limit off.
     rate_limit_per_second: float = Field(default=200.0, ge=0, alias="ICC_RATE_LIMIT_PER_SECOND")
     rate_limit_burst: int = Field(default=400, ge=1, alias="ICC_RATE_LIMIT_BURST")

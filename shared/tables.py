@@ -68,6 +68,13 @@ class Quarantine(SQLModel, table=True):
     replayed_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     raw_message_id: int | None = Field(default=None, sa_column=Column(BigInteger))
     event_ids: list[uuid.UUID] | None = Field(default=None, sa_column=Column(ARRAY(Uuid)))
+    # A request refused before authentication keeps only its first 4 KiB: its length and digest tell
+    # what was sent (migration 0009).
+    body_length: int | None = Field(default=None, sa_column=Column(BigInteger))
+    body_sha256: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    body_truncated: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
+    )
 
 
 class Outbox(SQLModel, table=True):

@@ -46,8 +46,12 @@ async def list_quarantine(
         raise Problem(
             403, "forbidden", "Admins only", "the quarantine holds raw messages; it needs the admin role"
         )
+    # `size` is what was received; a request that failed authentication is kept only in part
+    # (`body_truncated`), with the digest of the whole body
     rows = await runtime.db.fetch(
-        "SELECT id, source, endpoint, content_type, status_code, problem, received_at, length(body) AS size, "
+        "SELECT id, source, endpoint, content_type, status_code, problem, received_at, "
+        "coalesce(body_length, length(body)) AS size, body_truncated, "
+        "encode(body_sha256, 'hex') AS body_sha256, "
         "replay_count, last_replay_at, replayed_at, raw_message_id, event_ids "
         "FROM quarantine WHERE ($1::bigint IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
         before_id,

@@ -73,6 +73,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
                 port=settings.mllp_port,
                 rules=mllp_rules,
                 max_frame=settings.max_body_bytes,
+                idle_seconds=settings.mllp_idle_seconds,
             )
             await mllp.start()
             runtime.extra["mllp"] = mllp

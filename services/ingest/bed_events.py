@@ -6,6 +6,7 @@ import uuid
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from services.ingest.event_time_bounds import EventTimeBounds
 from shared import topics
 from shared.events import BedStatus, BedStatusChanged, Envelope, name_based_id
 from shared.organisation import Organisation
@@ -27,7 +28,10 @@ class BedEventIn(BaseModel):
     occurred_at: AwareDatetime = Field(description="when the status changed, in the source's clock")
 
 
-def to_event(body: BedEventIn, *, source: str, org: Organisation) -> OutboxEvent:
+def to_event(
+    body: BedEventIn, *, source: str, org: Organisation, bounds: EventTimeBounds | None = None
+) -> OutboxEvent:
+    """The bed's event, at a time within `bounds` (by default those of a message received now)."""
     ward = org.wards.get(body.ward_id)
     if ward is None or ward.site_id != body.site_id:
         raise Problem(
@@ -46,6 +50,7 @@ def to_event(body: BedEventIn, *, source: str, org: Organisation) -> OutboxEvent
             f"bed {body.bed_id!r} is not a bed of ward {ward.id!r}",
             errors=[{"field": "bed_id", "message": "not in the organisation model for this ward"}],
         )
+    (bounds or EventTimeBounds.at_receipt()).check_json_field(body.occurred_at, "occurred_at")
     event_id = body.event_id or name_based_id(
         _CONTENT_NAMESPACE, f"{source}|{body.model_dump_json(exclude={'event_id'})}"
     )
@@ -62,10 +67,12 @@ def to_event(body: BedEventIn, *, source: str, org: Organisation) -> OutboxEvent
     )
 
 
-def map_message(raw: bytes, *, source: str, org: Organisation) -> list[OutboxEvent]:
+def map_message(
+    raw: bytes, *, source: str, org: Organisation, bounds: EventTimeBounds | None = None
+) -> list[OutboxEvent]:
     """One JSON body → its event, or a `Problem` naming the field."""
     try:
         body = BedEventIn.model_validate_json(raw)
     except ValidationError as exc:
         raise validation_problem(exc) from exc
-    return [to_event(body, source=source, org=org)]
+    return [to_event(body, source=source, org=org, bounds=bounds)]

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from services.ingest.event_time_bounds import EventTimeBounds
 from services.ingest.patient_ids import content_event_id
 from shared import topics
 from shared.events import BedNcrChanged, BedStatus, BedStatusChanged, Envelope, Payload
@@ -80,7 +81,10 @@ def _bed(body: BedActionIn, org: Organisation) -> Bed:
     return bed
 
 
-def to_event(body: BedActionIn, *, source: str, org: Organisation, key: str) -> OutboxEvent:
+def to_event(
+    body: BedActionIn, *, source: str, org: Organisation, key: str, bounds: EventTimeBounds | None = None
+) -> OutboxEvent:
+    """The bed event of one action, at a time within `bounds` (by default those of a message received now)."""
     bed = _bed(body, org)
     escalation_action = body.action in ("open_escalation_bed", "close_escalation_bed")
     if escalation_action and not bed.escalation:
@@ -100,6 +104,7 @@ def to_event(body: BedActionIn, *, source: str, org: Organisation, key: str) -> 
         )
     if body.contaminated and body.action != "isolate":
         raise _refuse("contaminated", "validation", "Request body is not valid", "only for action isolate")
+    (bounds or EventTimeBounds.at_receipt()).check_json_field(body.occurred_at, "occurred_at")
     payload: Payload
     if body.action in ("ncr_flag", "ncr_unflag"):
         payload = BedNcrChanged(
@@ -126,9 +131,11 @@ def to_event(body: BedActionIn, *, source: str, org: Organisation, key: str) -> 
     )
 
 
-def map_message(raw: bytes, *, source: str, org: Organisation, key: str) -> list[OutboxEvent]:
+def map_message(
+    raw: bytes, *, source: str, org: Organisation, key: str, bounds: EventTimeBounds | None = None
+) -> list[OutboxEvent]:
     try:
         body = BedActionIn.model_validate_json(raw)
     except ValidationError as exc:
         raise validation_problem(exc) from exc
-    return [to_event(body, source=source, org=org, key=key)]
+    return [to_event(body, source=source, org=org, key=key, bounds=bounds)]

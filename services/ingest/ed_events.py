@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from services.ingest.event_time_bounds import EventTimeBounds
 from services.ingest.patient_ids import content_event_id, nhs_number_valid, patient_pseudonym
 from shared import topics
 from shared.events import (
@@ -222,8 +223,16 @@ def _event(
     )
 
 
-def to_events(body: EdEventIn, *, source: str, org: Organisation, key: str) -> list[OutboxEvent]:
-    """The canonical events of one milestone (an ambulance arrival gives up to three)."""
+def to_events(
+    body: EdEventIn,
+    *,
+    source: str,
+    org: Organisation,
+    key: str,
+    bounds: EventTimeBounds | None = None,
+) -> list[OutboxEvent]:
+    """The canonical events of one milestone (an ambulance arrival gives up to three); its times
+    must be within `bounds` (by default those of a message received now)."""
     if body.site_id not in org.sites_by_id:
         raise Problem(
             422,
@@ -232,6 +241,12 @@ def to_events(body: EdEventIn, *, source: str, org: Organisation, key: str) -> l
             f"site {body.site_id!r} is not in the organisation model",
             errors=[{"field": "site_id", "message": "not in the organisation model"}],
         )
+    bounds = bounds or EventTimeBounds.at_receipt()
+    bounds.check_json_field(body.occurred_at, "occurred_at")
+    if isinstance(body, ArrivalIn) and body.ambulance is not None:
+        bounds.check_json_field(body.ambulance.arrived_at, "ambulance.arrived_at")
+        if body.ambulance.handover_at is not None:
+            bounds.check_json_field(body.ambulance.handover_at, "ambulance.handover_at")
     event_id = body.event_id or content_event_id(
         key, _NAMESPACE, f"{source}|{body.model_dump_json(exclude={'event_id'})}"
     )
@@ -290,6 +305,8 @@ def to_events(body: EdEventIn, *, source: str, org: Organisation, key: str) -> l
     return events
 
 
-def map_message(raw: bytes, *, source: str, org: Organisation, key: str) -> list[OutboxEvent]:
+def map_message(
+    raw: bytes, *, source: str, org: Organisation, key: str, bounds: EventTimeBounds | None = None
+) -> list[OutboxEvent]:
     """One JSON milestone → its events; a `Problem` (422) naming the field when it cannot be."""
-    return to_events(parse(raw), source=source, org=org, key=key)
+    return to_events(parse(raw), source=source, org=org, key=key, bounds=bounds)

@@ -10,7 +10,9 @@ is processed once; a re-post gets the same event ids back, marked duplicate, and
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +36,17 @@ from services.ingest.fhir_validation import (
     parse_body,
     validate_entry,
 )
-from services.ingest.group_commit import Inbound
-from services.ingest.intake import Answer, Commit, IngestContext, Message, Rejected, run_live
+from services.ingest.group_commit import Inbound, Unstorable
+from services.ingest.hl7_adt import UnmappedLocation
+from services.ingest.intake import (
+    Answer,
+    Commit,
+    IngestContext,
+    Message,
+    Rejected,
+    nul_path,
+    run_live,
+)
 from shared.events import utcnow
 from shared.outbox import OutboxEvent
 from shared.problems import Problem
@@ -47,7 +58,7 @@ FHIR_JSON = "application/fhir+json"
 OUTCOME_SYSTEM = "https://icc.invalid/fhir/CodeSystem/ingest-outcome"
 EVENT_ID_EXTENSION = "https://icc.invalid/fhir/StructureDefinition/event-id"
 _STATUS_TEXT = {200: "200 OK", 400: "400 Bad Request", 422: "422 Unprocessable Entity"}
-_PROBLEM_ISSUE_CODE = {401: "login", 403: "forbidden", 413: "too-long", 429: "throttled"}
+_PROBLEM_ISSUE_CODE = {401: "login", 403: "forbidden", 413: "too-long", 429: "throttled", 503: "transient"}
 
 
 def operation_outcome(issues: list[Issue | dict[str, Any]]) -> dict[str, Any]:
@@ -123,8 +134,10 @@ async def _apply(
     *,
     strict: bool,
     force_map_reload: bool,
+    received_at: dt.datetime,
 ) -> list[OutboxEvent]:
-    """Inside the commit: dedup by version, map against what is known, remember the new knowledge."""
+    """Inside the commit: dedup by version, map against what is known, remember the new knowledge
+    and count the locations the mapping lacks (a duplicate version maps nothing, so counts nothing)."""
     key = ctx.pseudonymisation_key
     mapper = ctx.locations.current(force=force_map_reload)
     todo = [r for r in results if r.facts is not None]
@@ -149,7 +162,7 @@ async def _apply(
     changed: set[str] = set()
     versions: list[tuple[str, str, str, list[uuid.UUID]]] = []
     events: list[OutboxEvent] = []
-    received_at = utcnow()
+    unmapped: list[UnmappedLocation] = []
     for result, state_key in zip(todo, keys, strict=True):
         assert result.facts is not None
         previous = seen_versions.get((state_key, result.version_id))
@@ -175,6 +188,7 @@ async def _apply(
         result.event_ids = [e.event_id for e in mapped.events]
         result.issues = mapped.warnings
         events.extend(mapped.events)
+        unmapped.extend(mapped.unmapped)
         if mapped.known is not None and mapped.known != known.get(state_key):
             known[state_key] = mapped.known
             changed.add(state_key)
@@ -211,7 +225,39 @@ async def _apply(
             [v[2] for v in versions],
             [",".join(str(i) for i in v[3]) for v in versions],
         )
+    await _count_unmapped(conn, source, unmapped)
     return events
+
+
+async def _count_unmapped(conn: asyncpg.Connection, source: str, places: list[UnmappedLocation]) -> None:
+    """List and count the locations the mapping lacks as HL7's bookkeeping does (same table, a
+    `fhir.` counter), so `GET /v1/locations/unmapped` shows a FHIR feed's gaps too."""
+    if not places:
+        return
+    counts = Counter((p.site_id or "", p.kind, p.code) for p in places)
+    examples = {(p.site_id or "", p.kind, p.code): p.example for p in places}
+    keys = sorted(counts)  # one lock order for every writer of these rows
+    await conn.execute(
+        """
+        WITH listed AS (
+            INSERT INTO unmapped_location (source, site_id, kind, code, example, count)
+            SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])
+            ON CONFLICT (source, site_id, kind, code) DO UPDATE
+               SET count = unmapped_location.count + excluded.count,
+                   example = excluded.example, last_seen = now()
+        )
+        INSERT INTO ingest_counter (source, name, value) VALUES ($1, 'fhir.unmapped_location', $7)
+        ON CONFLICT (source, name) DO UPDATE
+           SET value = ingest_counter.value + excluded.value, updated_at = now()
+        """,
+        source,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+        [examples[k] for k in keys],
+        [counts[k] for k in keys],
+        len(places),
+    )
 
 
 def _entry_outcome(result: EntryResult) -> dict[str, Any]:
@@ -221,6 +267,9 @@ def _entry_outcome(result: EntryResult) -> dict[str, Any]:
 
 
 async def process(ctx: IngestContext, message: Message, commit: Commit, *, replay: bool) -> Answer:
+    received_at = utcnow()  # what the event times are bounded by, not the commit's time after a queue
+    if (path := nul_path(message.body)) is not None:
+        return _rejected_whole(message, 400, [_nul_issue(message.body, path)])
     try:
         parsed = parse_body(message.body)
     except FhirInvalid as exc:
@@ -244,7 +293,15 @@ async def process(ctx: IngestContext, message: Message, commit: Commit, *, repla
         return _rejected_whole(message, 400, invalid)
 
     async def prepare(conn: asyncpg.Connection) -> list[OutboxEvent]:
-        return await _apply(conn, ctx, message.source, results, strict=strict, force_map_reload=replay)
+        return await _apply(
+            conn,
+            ctx,
+            message.source,
+            results,
+            strict=strict,
+            force_map_reload=replay,
+            received_at=received_at,
+        )
 
     item = Inbound(message.source, message.endpoint, message.content_type, message.body, [], prepare)
     if any(r.facts is not None for r in results):
@@ -252,6 +309,8 @@ async def process(ctx: IngestContext, message: Message, commit: Commit, *, repla
             await commit(item)
         except _Refused as exc:
             return _rejected_whole(message, 422, exc.issues)
+        except Unstorable as exc:  # "processing": final, sending it again unchanged would fail again
+            return _rejected_whole(message, 422, [Issue("processing", f"ICC cannot store it: {exc}")])
     answer = Answer(200, {}, FHIR_JSON, committed=item.raw_id is not None, raw_id=item.raw_id)
     answer.event_ids = [i for r in results if r.outcome == "accepted" for i in r.event_ids]
     if parsed.bundle_type is None:
@@ -281,6 +340,20 @@ async def process(ctx: IngestContext, message: Message, commit: Commit, *, repla
         "entry": entries,
     }
     return answer
+
+
+def _nul_issue(body: bytes, path: list[str | int]) -> Issue:
+    """A NUL character (`\\u0000`) in a string: FHIR strings hold no control characters but tab, CR
+    and LF, and no PostgreSQL text can hold one. The expression names the element."""
+    data = orjson.loads(body)  # nul_path found it in parsed JSON
+    root = data.get("resourceType") if isinstance(data, dict) else None
+    steps = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+    expression = (root if isinstance(root, str) else "") + steps
+    return Issue(
+        "value",
+        "a string holds a NUL character (\\u0000), which FHIR does not allow and ICC cannot store",
+        expression.removeprefix(".") or None,
+    )
 
 
 def _rejected_whole(message: Message, status: int, issues: list[Issue]) -> Answer:

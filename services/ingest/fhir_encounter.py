@@ -19,6 +19,10 @@ knowledge with the events. The caller keeps it (fhir_encounter_state) in the sam
 Inpatient classes (v3 ActCode): IMP, ACUTE, NONAC, OBSENC, SS, PRENC; emergency: EMER. Other classes
 (ambulatory, virtual, home health) do not use beds: accepted and ignored. A version that repeats
 what is known produces no event; an older numeric version than the last seen is stale and ignored.
+
+Event times come from meta.lastUpdated, period.start / end and the location's period.start (ICC's
+time of receipt when none is sent); one out of the bounds of `event_time_bounds` refuses the version.
+A location the mapping lacks is reported (`Mapped.unmapped`) to be counted and listed like HL7's.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from services.ingest.ed_events import ACUITY_SNOMED, SNOMED
+from services.ingest.event_time_bounds import EventTimeBounds
 from services.ingest.fhir_validation import EncounterFacts, Issue
+from services.ingest.hl7_adt import UnmappedKind, UnmappedLocation
 from services.ingest.patient_ids import patient_pseudonym
 from shared import topics
 from shared.events import (
@@ -103,10 +109,12 @@ class Mapped:
     events: list[OutboxEvent] = field(default_factory=list)
     known: KnownEncounter | None = None
     warnings: list[Issue] = field(default_factory=list)
+    unmapped: list[UnmappedLocation] = field(default_factory=list)
 
 
 class Unmappable(Exception):
-    """No site can be told for this Encounter: the message is rejected (and kept in the quarantine)."""
+    """No site can be told for this Encounter, or an event time is impossible: the version is
+    rejected (and kept in the quarantine)."""
 
     def __init__(self, issue: Issue) -> None:
         super().__init__(issue.diagnostics)
@@ -143,8 +151,9 @@ def acuity_of_priority(facts: EncounterFacts) -> int | None:
 
 def _locate(
     facts: EncounterFacts, known: KnownEncounter | None, mapper: LocationMapper
-) -> tuple[str, Location | None, list[Issue]]:
-    """The site, the active location (None when the Encounter names none) and warnings."""
+) -> tuple[str, Location | None, list[Issue], list[UnmappedLocation]]:
+    """The site, the active location (None when the Encounter names none), warnings, and what of the
+    location the mapping lacks (told apart as HL7's PV1-3 is: facility, else ward, else bed)."""
     warnings: list[Issue] = []
     raw = facts.location_code or facts.location_display
     if raw is not None and not facts.location_code and not _CODE_SHAPED.match(raw):
@@ -179,12 +188,27 @@ def _locate(
             Issue("code-invalid", f"{detail} (add an alias to the location map, then replay)", where)
         )
     if raw is None:
-        return site, None, warnings
+        return site, None, warnings, []
+    lacking: tuple[UnmappedKind, str] | None = None
     if facility and mapper.site_for_facility(facility) is None:
         location = Location(pas_code=raw)
+        lacking = ("facility", facility)
     else:
         location = mapper.map(point_of_care, room, bed, "", default_site=site)
         location = Location(ward_id=location.ward_id, bed_id=location.bed_id, pas_code=raw)
+        if location.ward_id is None and point_of_care:
+            lacking = ("ward", point_of_care)
+        elif location.ward_id is not None and location.bed_id is None and room and bed:
+            lacking = ("bed", f"{point_of_care}^{room}^{bed}")
+    unmapped = (
+        [
+            UnmappedLocation(
+                site, lacking[0], lacking[1].upper(), raw, facts.location_expression or "Encounter.location"
+            )
+        ]
+        if lacking is not None
+        else []
+    )
     if not location.mapped:
         warnings.append(
             Issue(
@@ -194,7 +218,16 @@ def _locate(
                 "warning",
             )
         )
-    return site, location, warnings
+    elif unmapped:
+        warnings.append(
+            Issue(
+                "code-unknown",
+                f"bed {raw!r} is not in the location map (its ward is): accepted and counted as unmapped",
+                facts.location_expression,
+                "warning",
+            )
+        )
+    return site, location, warnings, unmapped
 
 
 def _newer_or_same(version: str, known: KnownEncounter | None) -> bool:
@@ -212,14 +245,19 @@ def map_encounter(
     source: str,
     version_id: str,
     received_at: dt.datetime,
+    bounds: EventTimeBounds | None = None,
 ) -> Mapped:
-    """The events this version of the Encounter means, given what was known before it."""
+    """The events this version of the Encounter means, given what was known before it.
+
+    `received_at` is when ICC received the message: the event time when the Encounter sends none,
+    and what the event times are bounded by (unless other `bounds` are given).
+    """
     kind = encounter_class(facts)
     if kind is None:
         return Mapped("ignored", known=known)
     if not _newer_or_same(version_id, known):
         return Mapped("stale", known=known)
-    site, location, warnings = _locate(facts, known, mapper)
+    site, location, warnings, unmapped = _locate(facts, known, mapper)
     state_key = encounter_key(key, source, facts)
     visit = facts.visit_number or f"Encounter/{facts.resource_id}"
     entity = pseudonymise(key, IdKind.encounter, visit, issuer=facts.visit_system or source)
@@ -228,7 +266,10 @@ def map_encounter(
     )
     if patient is None and facts.patient_reference:
         patient = pseudonymise(key, IdKind.mrn, facts.patient_reference, issuer=f"fhir:{source}")
-    when = facts.last_updated or received_at
+    when = _sent(facts.last_updated, "Encounter.meta.lastUpdated", _At(received_at))
+    started = _sent(facts.period_start, "Encounter.period.start", when)
+    ended = _sent(facts.period_end, "Encounter.period.end", when)
+    moved_at = _sent(facts.location_start, _location_period_start(facts), when)
     previous = known.location if known is not None else None
     current = location if location is not None else previous
     specialty = facts.service_type.text or facts.service_type.first_code()
@@ -237,7 +278,7 @@ def map_encounter(
     came_from_ed = (known is not None and known.encounter_class == "emergency") or "emd" in {
         code for _, code in facts.admit_source.codings
     }
-    payloads: list[tuple[Payload, str, dt.datetime]] = []
+    payloads: list[tuple[Payload, str, _At]] = []
     enc: dict[str, str | None] = {"encounter_id": entity, "patient_id": patient}
     att: dict[str, str | None] = {}
     if kind == "emergency":
@@ -246,7 +287,6 @@ def map_encounter(
             "patient_id": patient,
         }
     beds, ed = topics.BEDS.name, topics.EDFLOW.name
-    moved_at = facts.location_start or when
 
     if kind == "inpatient":
         if status == "planned":
@@ -274,7 +314,7 @@ def map_encounter(
                     (
                         PatientAdmitted(**enc, location=here, specialty=specialty, from_ed=came_from_ed),
                         beds,
-                        facts.location_start or facts.period_start or when,
+                        _sent(facts.location_start, _location_period_start(facts), started),
                     )
                 )
             else:
@@ -294,21 +334,21 @@ def map_encounter(
                     (
                         PatientDischarged(**enc, location=current, reason=reason),
                         beds,
-                        facts.period_end or when,
+                        ended,
                     )
                 )
         elif status in ("cancelled", "entered-in-error"):
             if before not in ("cancelled", "entered-in-error"):
                 payloads.append((AdmissionCancelled(**enc, location=current), beds, when))
         else:  # unknown
-            return Mapped("ignored", known=known, warnings=warnings)
+            return Mapped("ignored", known=known, warnings=warnings, unmapped=unmapped)
     else:
         arrived_before = before in _ARRIVED or before == "finished"
         if status in ("arrived", "triaged") or (
             status == "in-progress" and not (location and location.mapped)
         ):
             if not arrived_before:
-                payloads.append((EdArrived(**att), ed, facts.period_start or when))
+                payloads.append((EdArrived(**att), ed, started))
             acuity = acuity_of_priority(facts)
             if status == "triaged" and before != "triaged" and acuity is not None:
                 payloads.append((EdAssessed(**att, acuity=acuity), ed, when))
@@ -330,16 +370,22 @@ def map_encounter(
         elif status == "finished":
             if before != "finished":
                 disposition = _ED_DISPOSITION.get(facts.discharge_disposition.first_code() or "", "other")
-                payloads.append((EdDeparted(**att, disposition=disposition), ed, facts.period_end or when))
+                payloads.append((EdDeparted(**att, disposition=disposition), ed, ended))
         else:  # planned, onleave, cancelled, entered-in-error, unknown: no ED milestone
-            return Mapped("ignored", known=known, warnings=warnings)
+            return Mapped("ignored", known=known, warnings=warnings, unmapped=unmapped)
 
+    bounds = bounds or EventTimeBounds.at_receipt(received_at)
+    for _, _, at in payloads:
+        refusal = bounds.refusal(at.time)
+        if refusal is not None:
+            where = at.expression or "Encounter"
+            raise Unmappable(Issue("value", f"{where} (the event time): {refusal}", at.expression))
     new_known = KnownEncounter(site, kind, status, current, version_id)
     events = [
         _outbox(
             payload,
             topic,
-            occurred_at,
+            occurred_at.time,
             source=source,
             site=site,
             entity=entity,
@@ -347,7 +393,25 @@ def map_encounter(
         )
         for n, (payload, topic, occurred_at) in enumerate(payloads)
     ]
-    return Mapped("accepted" if events else "no-change", events, new_known, warnings)
+    return Mapped("accepted" if events else "no-change", events, new_known, warnings, unmapped)
+
+
+@dataclass(frozen=True)
+class _At:
+    """An event time and the element it was read from (None: ICC's time of receipt)."""
+
+    time: dt.datetime
+    expression: str | None = None
+
+
+def _sent(value: dt.datetime | None, expression: str, otherwise: _At) -> _At:
+    return _At(value, expression) if value is not None else otherwise
+
+
+def _location_period_start(facts: EncounterFacts) -> str:
+    """`Encounter.location[i].period.start` of the active location (its expression names the entry)."""
+    entry = (facts.location_expression or "Encounter.location").partition(".location.")[0]
+    return f"{entry}.period.start"
 
 
 def _event_id(state_key: str, version_id: str, n: int) -> uuid.UUID:

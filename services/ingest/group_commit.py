@@ -7,6 +7,13 @@ instead of paying one transaction per request.
 An interface with bookkeeping of its own (HL7 idempotency, unmapped locations) adds a `BatchStep`:
 it runs inside the same transaction, before the raw messages and events are written (and may settle
 items itself, e.g. a re-sent message, which are then not written) and after them.
+
+One message whose data PostgreSQL refuses (a data exception, a broken constraint) must not fail the
+others that share its transaction: the batch is then committed again one message at a time, in order,
+and only that message gets `Unstorable`, which each interface answers as a refusal of the message
+(never "send it again": it would fail the same way). A fault in ICC itself is isolated the same way
+(that message gets the exception). Any other database error (a lost connection, a server shutting
+down) fails the whole batch as it is, and is answered "send it again".
 """
 
 from __future__ import annotations
@@ -23,6 +30,20 @@ import asyncpg
 from shared.outbox import APPEND_LOCK, OutboxEvent, append
 
 log = logging.getLogger(__name__)
+
+
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# What PostgreSQL says about the data written rather than about itself: SQLSTATE classes 22 (data
+# exception: a NUL character in text, a number out of range) and 23 (integrity constraint violation).
+DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+class Unstorable(Exception):
+    """The database refused this message's data; the other messages of its batch were committed."""
+
+    def __init__(self, cause: asyncpg.PostgresError) -> None:
+        super().__init__(f"the database refused its data ({cause.sqlstate}: {cause})")
+        self.cause = cause
 
 
 # Events that depend on what the database already knows (a FHIR encounter's last location) are made
@@ -71,21 +92,70 @@ class GroupCommitWriter:
             batch = [await self.queue.get()]
             while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
+            submitted = [item.events for item in batch]  # `prepare` adds to them; a retry starts again
+            failure: Exception
             try:
                 inserted = await self._commit(batch)
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            except DATA_ERRORS as exc:
+                failure = exc
+            except DB_ERRORS as exc:
                 log.error("group commit of %d messages failed: %s", len(batch), exc)
                 for item in batch:
                     if not item.done.done():
                         item.done.set_exception(exc)
                 continue
-            for item in batch:
-                if item.done.done():
-                    continue
-                if item.error is not None:
-                    item.done.set_exception(item.error)
-                else:
-                    item.done.set_result({e.event_id for e in item.events} & inserted)
+            # a fault in ICC (in a step, say) is isolated alike, and the writer goes on
+            except Exception as exc:
+                failure = exc
+            else:
+                self._settle(batch, inserted)
+                continue
+            if len(batch) == 1:
+                self._fail(batch[0], failure)
+                continue
+            log.warning(
+                "group commit of %d messages failed on one of them (%s); committing them one by one",
+                len(batch),
+                failure,
+            )
+            await self._commit_each(batch, submitted)
+
+    async def _commit_each(self, batch: list[Inbound], submitted: list[Sequence[OutboxEvent]]) -> None:
+        """After a batch failed on one message: each message in its own transaction, in order."""
+        for item, events in zip(batch, submitted, strict=True):
+            if item.done.done():
+                continue
+            item.events, item.raw_id, item.error = events, None, None
+            try:
+                inserted = await self._commit([item])
+            except DATA_ERRORS as exc:
+                self._fail(item, exc)
+            except DB_ERRORS as exc:
+                log.error("commit of a message from %s failed: %s", item.source, exc)
+                item.done.set_exception(exc)
+            except Exception as exc:  # as in `run`
+                self._fail(item, exc)
+            else:
+                self._settle([item], inserted)
+
+    def _fail(self, item: Inbound, exc: Exception) -> None:
+        """This message alone fails: the database refused its data (`Unstorable`), or ICC failed on it
+        (the exception itself, its traceback logged here)."""
+        if isinstance(exc, DATA_ERRORS):
+            log.error("a message from %s to %s refused by the database: %s", item.source, item.endpoint, exc)
+            item.done.set_exception(Unstorable(exc))
+        else:
+            log.error("a message from %s to %s failed in ICC", item.source, item.endpoint, exc_info=exc)
+            item.done.set_exception(exc)
+
+    def _settle(self, batch: list[Inbound], inserted: set[uuid.UUID]) -> None:
+        for item in batch:
+            if item.done.done():
+                continue
+            if item.error is not None:
+                item.done.set_exception(item.error)
+            else:
+                item.done.set_result({e.event_id for e in item.events} & inserted)
 
     async def _commit(self, batch: list[Inbound]) -> set[uuid.UUID]:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -119,7 +189,7 @@ async def write_batch(conn: asyncpg.Connection, batch: Sequence[Inbound]) -> set
             try:
                 async with conn.transaction():
                     item.events = [*item.events, *await item.prepare(conn)]
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            except DB_ERRORS:
                 raise
             except Exception as exc:  # isolated: handed to the waiting request, which answers it
                 item.error = exc

@@ -10,7 +10,8 @@ emergency registration goes to `icc.edflow.v1` as `ed.arrived`; all are keyed by
   not map is kept as sent in `pas_code`, left unmapped (never guessed) and reported so that it can
   be counted and listed.
 - `occurred_at` is the source's time: EVN-6 (event occurred), else EVN-2 (recorded), else PV1-44
-  (admit) / PV1-45 (discharge) where the trigger is about that, else MSH-7.
+  (admit) / PV1-45 (discharge) where the trigger is about that, else MSH-7. A time out of the
+  bounds of `event_time_bounds` (far ahead of receipt, or before 1990) is an AE naming that field.
 - Event ids derive from (source, control id, content hash, position): a message processed twice
   gives the same ids, which the outbox ignores the second time.
 """
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from services.ingest.event_time_bounds import EventTimeBounds
 from services.ingest.hl7_er7 import (
     AdtMessage,
     ErrorCode,
@@ -121,10 +123,14 @@ def map_adt(
     content_sha256: bytes,
     mapper: LocationMapper,
     pseudonymise: Pseudonymiser,
+    bounds: EventTimeBounds | None = None,
 ) -> MappedAdt:
-    """The canonical events of one ADT message; raises Hl7Error (AE) when required content is missing."""
+    """The canonical events of one ADT message; raises Hl7Error (AE) when required content is missing
+    or an event time is out of `bounds` (by default those of a message received now)."""
     try:
-        return _Mapping(message, source, content_sha256, mapper, pseudonymise).run()
+        return _Mapping(
+            message, source, content_sha256, mapper, pseudonymise, bounds or EventTimeBounds.at_receipt()
+        ).run()
     except Hl7Error as exc:
         exc.header = message.header
         raise
@@ -137,6 +143,7 @@ class _Mapping:
     content_sha256: bytes
     mapper: LocationMapper
     pseudonymise: Pseudonymiser
+    bounds: EventTimeBounds
     unmapped: list[UnmappedLocation] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
     envelopes: list[Envelope] = field(default_factory=list)
@@ -258,16 +265,29 @@ class _Mapping:
         place = visit.prior_location if prior else visit.location
         return None if place.empty else self.location(place, f"PV1-{6 if prior else 3}")
 
-    def occurred_at(self, visit_time: datetime | None = None) -> datetime:
+    def occurred_at(
+        self, visit_time: datetime | None = None, visit_field: ErrorLocation = ErrorLocation("PV1")
+    ) -> datetime:
+        """The first event time sent (`visit_field` says where `visit_time` was read), within bounds."""
         message = self.message
-        when = message.event_occurred_at or message.recorded_at or visit_time or message.header.sent_at
-        if when is None:
-            raise error(
-                ErrorCode.required_field_missing,
-                "no event time: EVN-6, EVN-2, PV1-44/45 and MSH-7 are all empty",
-                ErrorLocation("EVN", field=2),
-            )
-        return when
+        sent = (
+            (message.event_occurred_at, ErrorLocation("EVN", field=6)),
+            (message.recorded_at, ErrorLocation("EVN", field=2)),
+            (visit_time, visit_field),
+            (message.header.sent_at, ErrorLocation("MSH", field=7)),
+        )
+        for when, where in sent:
+            if when is None:
+                continue
+            reason = self.bounds.refusal(when)
+            if reason is not None:
+                raise error(ErrorCode.data_type_error, f"{where} (the event time): {reason}", where)
+            return when
+        raise error(
+            ErrorCode.required_field_missing,
+            "no event time: EVN-6, EVN-2, PV1-44/45 and MSH-7 are all empty",
+            ErrorLocation("EVN", field=2),
+        )
 
     def emit(self, payload: Payload, entity_id: str, occurred_at: datetime) -> None:
         if self.site_id == UNMAPPED_SITE:
@@ -305,7 +325,7 @@ def _admit(m: _Mapping, *, from_ed: bool) -> None:
         specialty=m.specialty(visit),
         from_ed=from_ed,
     )
-    m.emit(payload, encounter, m.occurred_at(visit.admitted_at))
+    m.emit(payload, encounter, m.occurred_at(visit.admitted_at, ErrorLocation("PV1", visit.sequence, 44)))
 
 
 def _transfer(m: _Mapping) -> None:
@@ -329,7 +349,7 @@ def _discharge(m: _Mapping) -> None:
         location=m.optional_location(visit),
         reason="died" if visit.died else "discharged",
     )
-    m.emit(payload, encounter, m.occurred_at(visit.discharged_at))
+    m.emit(payload, encounter, m.occurred_at(visit.discharged_at, ErrorLocation("PV1", visit.sequence, 45)))
 
 
 def _register(m: _Mapping) -> None:
@@ -345,7 +365,7 @@ def _register(m: _Mapping) -> None:
         patient_id=m.patient_id(visit),
         mode=ARRIVAL_MODES.get(visit.arrival_mode, "other"),
     )
-    m.emit(payload, attendance, m.occurred_at(visit.admitted_at))
+    m.emit(payload, attendance, m.occurred_at(visit.admitted_at, ErrorLocation("PV1", visit.sequence, 44)))
 
 
 def _preadmit(m: _Mapping) -> None:

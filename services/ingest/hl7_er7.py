@@ -314,6 +314,10 @@ def _cut(text: str, wanted: int, every: bool, components: str, repetitions: str)
     return repetitions.join([components.join(r.split(components, wanted)[:wanted]) for r in reps])
 
 
+# a field as plain strings: its repetitions, each its components
+_Values = tuple[tuple[str, ...], ...]
+
+
 class _Segment:
     """Reads one parsed segment by HL7 field number, whichever layout (projected or whole) it has.
 
@@ -324,14 +328,15 @@ class _Segment:
     come from one field (MSH-9, PV1-19), and the mapping reads every field a projection keeps.
     """
 
-    __slots__ = ("fields", "name", "positions", "read", "segment")
+    __slots__ = ("fields", "name", "positions", "read", "segment", "sequence")
 
     def __init__(self, segment: Any, positions: dict[int, int] | None, name: str | None = None) -> None:
         self.segment = segment
         self.fields = list(segment)  # a plain list: indexing a python-hl7 container runs Python code
         self.positions = positions
         self.name = _text(self.fields[0]) if name is None else name
-        self.read: dict[int, tuple[tuple[str, ...], ...]] = {}
+        self.sequence = 1  # which occurrence of its name in the message, for error locations
+        self.read: dict[int, _Values] = {}
 
     def _field(self, number: int) -> Any:
         index = number if self.positions is None else self.positions.get(number, 0)
@@ -339,13 +344,40 @@ class _Segment:
             return None
         return self.fields[index]
 
-    def _repetitions(self, number: int) -> tuple[tuple[str, ...], ...]:
+    def _repetitions(self, number: int) -> _Values:
         """Field `number` as its repetitions, each its components (unescaped and stripped)."""
         found = self.read.get(number)
         if found is None:
             field = self._field(number)
-            found = self.read[number] = () if field is None else _plain(field, self.segment)
+            try:
+                found = () if field is None else _plain(field, self.segment)
+            except _NulCharacter:
+                found = self._refuse_a_nul_read(number, _plain(field, self.segment, strict=False))
+            self.read[number] = found
         return found
+
+    def _refuse_a_nul_read(self, number: int, values: _Values) -> _Values:
+        """Field `number` holds a NUL character once unescaped: refused if it is in a value read (in
+        the components and repetitions a projection keeps, so both layouts agree; MSH is kept whole),
+        else `values`, as nothing reads where it is."""
+        if self.name == "MSH":
+            wanted: int | None = None
+            every = True
+        else:
+            wanted = COMPONENTS_READ.get((self.name, number), 1)
+            every = (self.name, number) in EVERY_REPETITION
+        for rep in values if every else values[:1]:
+            if any("\x00" in value for value in rep[:wanted]):
+                where = ErrorLocation(self.name, self.sequence, number)
+                # MSH is the envelope: AR, as for its other faults; elsewhere the content is wrong (AE)
+                refuse = reject if self.name == "MSH" else error
+                raise refuse(
+                    ErrorCode.data_type_error,
+                    f"{where}: an escape sequence in it stands for a NUL character (hex 00), which ICC "
+                    "cannot store",
+                    where,
+                )
+        return values
 
     def repetitions(self, number: int) -> int:
         return len(self._repetitions(number))
@@ -387,9 +419,10 @@ def _text(node: Any) -> str:
     return str(node)
 
 
-def _plain(field: Any, segment: Any) -> tuple[tuple[str, ...], ...]:
+def _plain(field: Any, segment: Any, *, strict: bool = True) -> _Values:
     """A parsed field as plain strings: per repetition, the first sub-component of each component,
-    unescaped (python-hl7's `unescape`, for text holding the escape character) and stripped."""
+    unescaped (python-hl7's `unescape`, for text holding the escape character) and stripped.
+    `strict`: a value holding a NUL character raises `_NulCharacter` (see `_unescaped`)."""
     esc = segment.esc
     reps = []
     for rep in field:
@@ -397,8 +430,23 @@ def _plain(field: Any, segment: Any) -> tuple[tuple[str, ...], ...]:
             parts = [rep]
         else:
             parts = [c if isinstance(c, str) else next(iter(c)) for c in rep]
-        reps.append(tuple([(unescape(segment, p) if esc in p else p).strip() for p in parts]))
+        reps.append(tuple([_unescaped(segment, p, strict) if esc in p else p.strip() for p in parts]))
     return tuple(reps)
+
+
+class _NulCharacter(ValueError):
+    """An unescaped value holds a NUL character: `_Segment` looks at whether it is in a value read."""
+
+
+def _unescaped(segment: Any, text: str, strict: bool) -> str:
+    """python-hl7's `unescape`, stripped, refusing a NUL character (`\\X00\\`): it is the one character
+    a PostgreSQL text or JSON value cannot hold (in a UTF-8 database), so a message whose events or
+    bookkeeping carried one would fail its whole group commit. An escape is the only way one gets
+    here: `decode` refuses a NUL byte, and `\\Xhh\\` gives no surrogates."""
+    value: str = unescape(segment, text).strip()
+    if strict and "\x00" in value:
+        raise _NulCharacter
+    return value
 
 
 # ── the typed message ───────────────────────────────────────────────────────────────────────
@@ -621,9 +669,17 @@ def _parse(text: str) -> Any:
 def _header(msh: _Segment) -> MessageHeader:
     """MSH, validated: message type, trigger, control id, processing id, version."""
     raw = {}
+    unstorable: Hl7Error | None = None
     for number in (3, 4, 5, 6, 9, 10, 11, 12):
         field_ = msh._field(number)
         raw[number] = "" if field_ is None else _text(field_)
+        try:
+            msh._repetitions(number)
+        except Hl7Error as exc:
+            # a NUL: the answer names the field, and the header keeps it as sent (still escaped),
+            # so the ACK is addressed as usual and the refusal can be stored
+            unstorable = unstorable or exc
+            msh.read[number] = ((raw[number],),)
     problem: Hl7Error | None = None
     zone: tzinfo = LONDON
     try:
@@ -648,7 +704,9 @@ def _header(msh: _Segment) -> MessageHeader:
         raw=raw,
         zone=zone,
     )
-    if not header.control_id:
+    if unstorable is not None:
+        problem = unstorable
+    elif not header.control_id:
         problem = reject(
             ErrorCode.required_field_missing,
             "MSH-10 (message control id) is empty",
@@ -684,11 +742,13 @@ def _read(parsed: Any, header: MessageHeader, projected: bool) -> AdtMessage:
     evn: _Segment | None = None
     npu: _Segment | None = None
     groups: list[dict[str, _Segment]] = []
+    occurrences: dict[str, int] = {}
     for segment in islice(parsed, 1, None):
         read = _Segment(segment, None)
         name = read.name
         if name not in _PROJECTED:
             continue
+        read.sequence = occurrences[name] = occurrences.get(name, 0) + 1
         if projected:
             read.positions = _PROJECTED[name]
         if name == "EVN" and evn is None:
@@ -782,6 +842,10 @@ def sender_zone(msh7: str, sent_at: datetime) -> tzinfo:
     return LONDON if fixed == stated else timezone(fixed)
 
 
+# A time is used in London's zone too (a day's figures, an expected discharge date): on the first day
+# of the calendar, with London's local mean time (-0:01:15), that would fall before the year 1. The
+# end needs no margin (London is on GMT in December), so 99991231, sent for "not known", still reads.
+_EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
 _DTM = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?")
 
 
@@ -828,11 +892,17 @@ def _utc_time(text: str, zone: tzinfo) -> datetime:
         )
     except ValueError as exc:
         raise _BadTimestamp(f"{text!r} is not a valid date/time ({exc})") from exc
-    if offset:
-        sign = -1 if offset[0] == "-" else 1
-        hours, minutes = int(offset[1:3]), int(offset[3:5])
-        if hours > 14 or minutes > 59:
-            raise _BadTimestamp(f"{offset} is not a UTC offset")
-        delta = sign * timedelta(hours=hours, minutes=minutes)
-        return (local - delta).replace(tzinfo=UTC)
-    return local.replace(tzinfo=zone).astimezone(UTC)
+    try:
+        if offset:
+            sign = -1 if offset[0] == "-" else 1
+            hours, minutes = int(offset[1:3]), int(offset[3:5])
+            if hours > 14 or minutes > 59:
+                raise _BadTimestamp(f"{offset} is not a UTC offset")
+            utc = (local - sign * timedelta(hours=hours, minutes=minutes)).replace(tzinfo=UTC)
+        else:
+            utc = local.replace(tzinfo=zone).astimezone(UTC)
+    except OverflowError as exc:  # past either end of the calendar once read as UTC
+        raise _BadTimestamp(f"{text!r} is out of range once read as UTC (years 0001 to 9999)") from exc
+    if utc < _EARLIEST:
+        raise _BadTimestamp(f"{text!r} is out of range: before 0001-01-02 UTC")
+    return utc

@@ -3,6 +3,10 @@
 The answer is given only after the outcome is stored: an accepted message's raw text, events,
 idempotency record and counters commit in one group-commit transaction (`Hl7Bookkeeping` is the
 writer step that does the HL7 part); a rejected message is kept raw in the quarantine with the reason.
+
+Only a database that cannot store anything just now is answered "send it again" (AR, ERR 207). A
+message the database refuses (`Unstorable`), or one ICC itself fails on, would fail the same way
+again: it is answered AE and kept in the quarantine, so an in-order feed goes on past it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from services.ingest.group_commit import GroupCommitWriter, Inbound
+from services.ingest.group_commit import DB_ERRORS, GroupCommitWriter, Inbound, Unstorable
 from services.ingest.hl7_ack import build_ack, build_batch_ack
 from services.ingest.hl7_adt import MappedAdt, UnmappedLocation, map_adt
 from services.ingest.hl7_er7 import (
@@ -29,6 +33,7 @@ from services.ingest.hl7_er7 import (
     MessageHeader,
     content_sha256,
     decode,
+    read_header,
     read_message,
     reject,
     split_body,
@@ -41,7 +46,6 @@ from shared.pseudonymise import IdKind, pseudonymise
 
 log = logging.getLogger(__name__)
 
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 # HTTP status for each outcome; MLLP has none, but the quarantine records the same number.
 HTTP_STATUS = {AckCode.accept: 200, AckCode.reject: 400, AckCode.error: 422}
 RETRY_STATUS = 503
@@ -113,7 +117,22 @@ class Hl7Intake:
         )
         return Reply(build_batch_ack(parts, [o.ack for o in outcomes], now=now), outcomes)
 
+    async def failed(self, body: bytes, *, source: str, endpoint: str, content_type: str) -> Reply:
+        """The reply when taking `body` failed in ICC itself, outside any one message (the transports'
+        last resort; the caller logs the fault): kept in the quarantine, answered AE with ERR 207."""
+        outcome = await self._rejected(internal_error(body), body, source, endpoint, content_type, utcnow())
+        return Reply(outcome.ack, [outcome])
+
     async def _one(
+        self, message: str, raw: bytes, source: str, endpoint: str, content_type: str, now: datetime
+    ) -> Outcome:
+        try:
+            return await self._take(message, raw, source, endpoint, content_type, now)
+        except Exception:  # a fault in ICC on this message: logged, answered and kept; the feed goes on
+            log.exception("HL7 message from %s failed in ICC", source)
+            return await self._rejected(internal_error(message), raw, source, endpoint, content_type, now)
+
+    async def _take(
         self, message: str, raw: bytes, source: str, endpoint: str, content_type: str, now: datetime
     ) -> Outcome:
         sha = content_sha256(message)
@@ -133,6 +152,10 @@ class Hl7Intake:
         item = Inbound(source, endpoint, content_type, raw, mapped.outbox_events(), context=commit)
         try:
             await self.writer.submit(item)
+        except Unstorable as exc:
+            problem = Hl7Problem(ErrorCode.data_type_error, f"ICC cannot store this message: {exc}")
+            refused = Hl7Error(AckCode.error, problem, adt.header)
+            return await self._rejected(refused, raw, source, endpoint, content_type, now)
         except DB_ERRORS as exc:
             log.error("HL7 %s from %s not stored: %s", adt.header.control_id, source, exc)
             return _retry(adt.header, now)
@@ -209,6 +232,25 @@ async def replay(ctx: IngestContext, message: Message, commit: Commit, *, replay
         raw_id=item.raw_id,
         event_ids=sorted(new),
     )
+
+
+def internal_error(message: str | bytes) -> Hl7Error:
+    """What a message ICC itself failed on is answered: AE with ERR 207, addressed to its MSH (AR
+    when not even that can be read). Not "send it again": it would fail the same way; it is kept in
+    the quarantine, to be replayed once ICC is fixed."""
+    try:
+        text = message if isinstance(message, str) else split_body(decode(message)).messages[0]
+        header: MessageHeader | None = read_header(text)
+    except Hl7Error as exc:
+        header = exc.header
+    except Exception:  # whatever failed on the message may fail here again
+        header = None
+    problem = Hl7Problem(
+        ErrorCode.internal_error,
+        "ICC failed on this message (a fault in ICC, logged); it is kept to be replayed once fixed: "
+        "do not send it again",
+    )
+    return Hl7Error(AckCode.error if header is not None else AckCode.reject, problem, header)
 
 
 def _retry(header: MessageHeader | None, now: datetime) -> Outcome:
@@ -325,6 +367,8 @@ class Hl7Bookkeeping:
                 commit.answer, commit.duplicate = seen[commit.sha256], True
                 duplicates[commit.source] += 1
                 continue
+            # decided again when a failed batch is committed one message at a time
+            commit.answer, commit.duplicate = None, False
             commit.reused_control_id = bool(seen)
             seen[commit.sha256] = commit.ack
             keep.append(item)

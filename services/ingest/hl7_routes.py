@@ -3,12 +3,14 @@
 `POST /v1/pas/hl7v2` takes one ER7 message (or a batch) signed like every ICC webhook. An authentic
 request is always answered with an HL7 ACK: HTTP 200 with `MSA|AA`, 400 with `AR` (the message
 could not be taken: not HL7, wrong type, version or processing id), 422 with `AE` (its content is
-wrong), 503 with `AR` and ERR 207 when ICC could not store it (send it again). Authentication
-failures are 401 problem+json; a body over the limit is 413.
+wrong, or ICC cannot store it or failed on it: kept in the quarantine, do not send it again), 503
+with `AR`, ERR 207 and Retry-After when ICC could not store it just now (send it again).
+Authentication failures are 401 problem+json; a body over the limit is 413.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -17,8 +19,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from services.ingest.hl7_ack import CONTENT_TYPE
-from services.ingest.hl7_intake import Hl7Intake
-from services.ingest.intake import Rejected, quarantine
+from services.ingest.hl7_intake import RETRY_STATUS, Hl7Intake
+from services.ingest.intake import RETRY_AFTER_SECONDS, Rejected, quarantine_unauthenticated
 from services.ingest.source_auth import authenticate, read_body
 from shared.auth import (
     SOURCE_HEADER,
@@ -29,6 +31,7 @@ from shared.auth import (
 from shared.problems import Problem
 from shared.runtime import CurrentRuntime, CurrentUser, Runtime, require_scope
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 _EXAMPLE_ACK = (
@@ -47,7 +50,7 @@ _EXAMPLE_ACK = (
         401: {"description": "not authenticated (problem+json)"},
         413: {"description": "body too large (problem+json)"},
         422: {"description": "MSA|AE with ERR: the content is wrong"},
-        503: {"description": "MSA|AR with ERR 207: not stored, send it again"},
+        503: {"description": "MSA|AR with ERR 207: not stored, send it again (see Retry-After)"},
     },
 )
 async def post_hl7v2(request: Request) -> Response:
@@ -61,17 +64,18 @@ async def post_hl7v2(request: Request) -> Response:
         body = await read_body(request, runtime.settings.max_body_bytes)
         source = authenticate(request, runtime, body)
     except Problem as problem:
-        if problem.status != 429:  # a rate-limited sender retries; nothing was rejected
-            await quarantine(
-                runtime.db,
-                source,
-                endpoint,
-                [Rejected(body, content_type, problem.status, problem.body(endpoint))],
-            )
+        await quarantine_unauthenticated(
+            runtime.db, source, endpoint, Rejected(body, content_type, problem.status, problem.body(endpoint))
+        )
         raise
     intake: Hl7Intake = runtime.extra["hl7"]
-    reply = await intake.receive(body, source=source, endpoint=endpoint, content_type=content_type)
-    return Response(reply.ack.encode(), status_code=reply.http_status, media_type=CONTENT_TYPE)
+    try:
+        reply = await intake.receive(body, source=source, endpoint=endpoint, content_type=content_type)
+    except Exception:  # a fault in ICC: answered with an ACK all the same, and kept
+        log.exception("HL7 body from %s failed in ICC", source)
+        reply = await intake.failed(body, source=source, endpoint=endpoint, content_type=content_type)
+    retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if reply.http_status == RETRY_STATUS else None
+    return Response(reply.ack.encode(), reply.http_status, retry, media_type=CONTENT_TYPE)
 
 
 class UnmappedLocationOut(BaseModel):

@@ -7,6 +7,8 @@ a quarantine replay runs the very same processor with a commit that also marks t
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from services.ingest.group_commit import GroupCommitWriter, Inbound
+from services.ingest.group_commit import DB_ERRORS, GroupCommitWriter, Inbound
 from services.ingest.location_source import LocationMapSource
 from services.ingest.source_auth import authenticate, read_body
 from shared.auth import SOURCE_HEADER
@@ -26,7 +28,14 @@ from shared.organisation import Organisation
 from shared.problems import PROBLEM_JSON, Problem
 from shared.runtime import Runtime
 
+log = logging.getLogger(__name__)
+
 Commit = Callable[[Inbound], Awaitable[set[uuid.UUID]]]
+# How long a sender is asked to wait before sending again when the database could not store its message.
+RETRY_AFTER_SECONDS = 5
+
+# What the quarantine keeps of a body that failed authentication: enough to see what was sent.
+UNAUTHENTICATED_KEPT_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,48 @@ def problem_answer(problem: Problem, endpoint: str) -> Answer:
     return Answer(problem.status, problem.body(endpoint), PROBLEM_JSON, problem.headers)
 
 
+def unavailable() -> Problem:
+    """The database failed (a lost connection, a server shutting down): nothing of the message is
+    stored, and nothing is wrong with it, so it is not kept in the quarantine either."""
+    return Problem(
+        503,
+        "unavailable",
+        "Not stored, send it again",
+        "ICC could not store the message just now; send it again, unchanged",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def nul_path(body: bytes) -> list[str | int] | None:
+    """Where a JSON body holds a NUL character (`\\u0000`): the keys and indexes to a string (or key)
+    holding one; None when none does, or when the body is not JSON (its own parser says so).
+
+    No PostgreSQL text or JSON value can hold a NUL, so such a body is refused at the edge, before
+    it can fail a group commit, and the answer names the field. Most bodies never hold the escape,
+    so only those that do are parsed here.
+    """
+    if b"\\u0000" not in body:
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    todo: list[tuple[list[str | int], Any]] = [([], data)]  # not recursive: JSON may nest deeper
+    while todo:
+        path, value = todo.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    return [*path, key.replace("\x00", "\\u0000")]
+                todo.append(([*path, key], item))
+        elif isinstance(value, list):
+            todo.extend(([*path, index], item) for index, item in enumerate(value))
+    return None
+
+
 async def quarantine(
     pool: asyncpg.Pool, source: str | None, endpoint: str, parts: Sequence[Rejected]
 ) -> None:
@@ -118,6 +169,40 @@ async def quarantine(
             part.outcome["quarantine_id"] = row_id
 
 
+async def quarantine_unauthenticated(
+    pool: asyncpg.Pool, source: str | None, endpoint: str, refused: Rejected
+) -> None:
+    """Keep a request refused before it was authenticated, bounded.
+
+    Anyone who can reach the port can send one, so a 401's body is kept only up to
+    `UNAUTHENTICATED_KEPT_BYTES`, with its full length and SHA-256 (such rows are never replayed, so
+    the rest is never needed). A 413's body was never read; a 429 is not kept at all: the sender
+    retries and nothing was wrong with the message.
+    """
+    if refused.status == 429:
+        return
+    if refused.status != 401:
+        await quarantine(pool, source, endpoint, [refused])
+        return
+    body = refused.body
+    await pool.execute(
+        """
+        INSERT INTO quarantine (source, endpoint, content_type, body, status_code, problem,
+                                body_length, body_sha256, body_truncated)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        """,
+        source,
+        endpoint,
+        refused.content_type,
+        body[:UNAUTHENTICATED_KEPT_BYTES],
+        refused.status,
+        refused.problem,
+        len(body),
+        hashlib.sha256(body).digest(),
+        len(body) > UNAUTHENTICATED_KEPT_BYTES,
+    )
+
+
 def context_of(runtime: Runtime) -> IngestContext:
     ctx = runtime.extra["ingest"]
     assert isinstance(ctx, IngestContext)
@@ -140,14 +225,17 @@ async def run_live(request: Request, processor: Processor, render_error: ErrorRe
         source = authenticate(request, runtime, body)
     except Problem as problem:
         answer = render_error(problem, endpoint)
-        if problem.status != 429:  # a rate-limited sender retries; nothing was rejected
-            await quarantine(
-                runtime.db, source, endpoint, [Rejected(body, content_type, problem.status, answer.content)]
-            )
+        await quarantine_unauthenticated(
+            runtime.db, source, endpoint, Rejected(body, content_type, problem.status, answer.content)
+        )
         return answer.response()
     writer: GroupCommitWriter = runtime.extra["writer"]
-    answer = await processor(
-        context_of(runtime), Message(source, endpoint, content_type, body), writer.submit, replay=False
-    )
-    await quarantine(runtime.db, source, endpoint, answer.rejected)
+    try:
+        answer = await processor(
+            context_of(runtime), Message(source, endpoint, content_type, body), writer.submit, replay=False
+        )
+        await quarantine(runtime.db, source, endpoint, answer.rejected)
+    except DB_ERRORS as exc:  # what was committed stays committed: a re-send gets it as a duplicate
+        log.error("%s from %s not stored: %s", endpoint, source, exc)
+        return render_error(unavailable(), endpoint).response()
     return answer.response()

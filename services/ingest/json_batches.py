@@ -4,6 +4,10 @@ NDJSON (`application/x-ndjson`): each line is one message. The good lines are co
 one transaction (one raw message, the whole body); each bad line is answered with its problem and
 kept in the quarantine on its own, so it can be fixed and replayed alone. A batch is never refused
 whole for one bad line: the sender learns per line what happened.
+
+Text the database cannot store is refused at the edge: a NUL character (`\\u0000`) anywhere is a 422
+naming the field. Should the database still refuse a message's data, it is answered 422 and kept
+(for NDJSON, each of the lines that were to be committed together, on its own), never "send it again".
 """
 
 from __future__ import annotations
@@ -11,8 +15,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from services.ingest.group_commit import Inbound
-from services.ingest.intake import Answer, Commit, IngestContext, Message, Rejected, problem_answer
+from services.ingest.group_commit import Inbound, Unstorable
+from services.ingest.intake import (
+    Answer,
+    Commit,
+    IngestContext,
+    Message,
+    Rejected,
+    nul_path,
+    problem_answer,
+)
 from shared.outbox import OutboxEvent
 from shared.problems import PROBLEM_JSON, Problem
 
@@ -27,10 +39,24 @@ def is_ndjson(content_type: str) -> bool:
 
 
 def _mapped(mapper: Mapper, ctx: IngestContext, source: str, raw: bytes) -> list[OutboxEvent] | Problem:
+    if (path := nul_path(raw)) is not None:
+        field = ".".join(str(p) for p in path) or "<body>"
+        message = "holds a NUL character (\\u0000), which ICC cannot store"
+        return Problem(
+            422,
+            "validation",
+            "Request body is not valid",
+            f"invalid field(s): {field}",
+            errors=[{"field": field, "message": message}],
+        )
     try:
         return mapper(ctx, source, raw)
     except Problem as problem:
         return problem
+
+
+def _unstorable(exc: Unstorable) -> Problem:
+    return Problem(422, "unstorable", "Not storable", f"ICC cannot store this message: {exc}")
 
 
 def _ids(events: list[OutboxEvent]) -> list[str]:
@@ -48,7 +74,12 @@ async def process(
         answer.rejected.append(Rejected(message.body, message.content_type, mapped.status, answer.content))
         return answer
     item = Inbound(message.source, message.endpoint, message.content_type, message.body, mapped)
-    inserted = await commit(item)
+    try:
+        inserted = await commit(item)
+    except Unstorable as exc:
+        answer = problem_answer(_unstorable(exc), message.endpoint)
+        answer.rejected.append(Rejected(message.body, message.content_type, 422, answer.content))
+        return answer
     duplicate = not inserted
     return Answer(
         202,
@@ -68,7 +99,7 @@ async def _process_lines(
     ctx: IngestContext, message: Message, commit: Commit, *, replay: bool, mapper: Mapper
 ) -> Answer:
     outcomes: list[dict[str, Any]] = []
-    good: list[tuple[dict[str, Any], list[OutboxEvent]]] = []
+    good: list[tuple[dict[str, Any], list[OutboxEvent], bytes]] = []
     rejected: list[Rejected] = []
     for number, line in enumerate(message.body.split(b"\n"), start=1):
         line = line.strip()
@@ -82,7 +113,7 @@ async def _process_lines(
             outcome.update(status="rejected", problem=problem)
             rejected.append(Rejected(line, "application/json", mapped.status, problem, outcome))
         else:
-            good.append((outcome, mapped))
+            good.append((outcome, mapped, line))
     if not outcomes:
         problem = Problem(422, "empty", "Nothing to ingest", "the NDJSON body has no lines")
         answer = problem_answer(problem, message.endpoint)
@@ -98,19 +129,28 @@ async def _process_lines(
             },
             PROBLEM_JSON,
         )
-    events = [e for _, mapped in good for e in mapped]
+    events = [e for _, mapped, _ in good for e in mapped]
     answer = Answer(202, {"lines": outcomes}, rejected=rejected)
     if good:
         item = Inbound(message.source, message.endpoint, message.content_type, message.body, events)
-        inserted = await commit(item)
-        for outcome, mapped in good:
-            # the same event twice in one batch: the first line gets it, the second is a duplicate
-            new = any(e.event_id in inserted for e in mapped)
-            inserted -= {e.event_id for e in mapped}
-            outcome.update(status="accepted" if new else "duplicate", event_ids=_ids(mapped))
-        answer.committed, answer.raw_id = True, item.raw_id
-        answer.event_ids = [e.event_id for e in events]
-    else:
+        try:
+            inserted = await commit(item)
+        except Unstorable as exc:
+            # refused together: each line is kept on its own, so replaying them tells which it was
+            refusal = _unstorable(exc).body(message.endpoint)
+            for outcome, _, line in good:
+                outcome.update(status="rejected", problem=refusal)
+                rejected.append(Rejected(line, "application/json", 422, refusal, outcome))
+            good = []
+        else:
+            for outcome, mapped, _ in good:
+                # the same event twice in one batch: the first line gets it, the second is a duplicate
+                new = any(e.event_id in inserted for e in mapped)
+                inserted -= {e.event_id for e in mapped}
+                outcome.update(status="accepted" if new else "duplicate", event_ids=_ids(mapped))
+            answer.committed, answer.raw_id = True, item.raw_id
+            answer.event_ids = [e.event_id for e in events]
+    if not good:
         answer.status, answer.media_type = 422, PROBLEM_JSON
         answer.content = {
             **Problem(422, "validation", "No line accepted", f"all {len(outcomes)} lines were rejected").body(

@@ -5,6 +5,11 @@ is stored, exactly as over HTTP. MLLP carries no signature, so who may connect i
 peer's address: the server binds to loopback unless told otherwise, and an allow-list maps
 addresses or networks to the source name that messages from them are recorded under. Anything
 else is disconnected at once.
+
+A connection that sends nothing for `ICC_MLLP_IDLE_SECONDS` is closed (a half-sent frame then
+pending is dropped, and both are logged), so idle and abandoned connections do not pile up. A fault
+in ICC while taking one frame is logged and answered with an ACK (AE with ERR 207), and the
+connection goes on with the next frame.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from datetime import UTC, datetime
 
 from services.ingest.hl7_ack import build_ack
 from services.ingest.hl7_er7 import AckCode, ErrorCode, Hl7Problem
-from services.ingest.hl7_intake import Hl7Intake
+from services.ingest.hl7_intake import Hl7Intake, Reply
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,7 @@ START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
 CONTENT_TYPE = "x-application/hl7-v2+er7; transport=mllp"
 _READ_SIZE = 65536
+IDLE_SECONDS = 600.0  # ICC_MLLP_IDLE_SECONDS's default
 
 
 class AllowListError(ValueError):
@@ -71,13 +77,26 @@ class FrameTooLarge(Exception):
     pass
 
 
-async def frames(reader: asyncio.StreamReader, limit: int) -> AsyncIterator[bytes]:
+class Idle(Exception):
+    """Nothing arrived for the idle time; `partial` is the length of a frame left unfinished, if any."""
+
+    def __init__(self, partial: int | None) -> None:
+        super().__init__(partial)
+        self.partial = partial
+
+
+async def frames(reader: asyncio.StreamReader, limit: int, idle: float | None = None) -> AsyncIterator[bytes]:
     """The frames of one connection. Bytes outside a frame are skipped; a start block inside a frame
-    abandons the unfinished one (the sender started over); a frame over `limit` raises FrameTooLarge."""
+    abandons the unfinished one (the sender started over); a frame over `limit` raises FrameTooLarge;
+    no bytes for `idle` seconds (None: no limit) raises Idle."""
     buffer = bytearray()
     in_frame = False
     while True:
-        chunk = await reader.read(_READ_SIZE)
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await reader.read(_READ_SIZE)
+        except TimeoutError:
+            raise Idle(len(buffer) if in_frame else None) from None
         if not chunk:
             return
         buffer += chunk
@@ -106,13 +125,21 @@ async def frames(reader: asyncio.StreamReader, limit: int) -> AsyncIterator[byte
 
 class MllpServer:
     def __init__(
-        self, intake: Hl7Intake, *, host: str, port: int, rules: tuple[AllowRule, ...], max_frame: int
+        self,
+        intake: Hl7Intake,
+        *,
+        host: str,
+        port: int,
+        rules: tuple[AllowRule, ...],
+        max_frame: int,
+        idle_seconds: float = IDLE_SECONDS,
     ) -> None:
         self.intake = intake
         self.host = host
         self.port = port
         self.rules = rules
         self.max_frame = max_frame
+        self.idle = idle_seconds or None  # 0: never closed for being idle
         self.refused = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
@@ -148,12 +175,21 @@ class MllpServer:
             return
         self._connections.add(writer)
         try:
-            async for frame in frames(reader, self.max_frame):
-                reply = await self.intake.receive(
-                    frame, source=source, endpoint=self.endpoint, content_type=CONTENT_TYPE
-                )
+            async for frame in frames(reader, self.max_frame, self.idle):
+                reply = await self._reply(frame, source)
                 writer.write(START_BLOCK + reply.ack.encode() + END_BLOCK)
                 await writer.drain()
+        except Idle as exc:
+            if exc.partial is None:
+                log.info("MLLP connection from %s (%s) closed: idle for %g s", address, source, self.idle)
+            else:
+                log.warning(
+                    "MLLP connection from %s (%s) closed: idle for %g s in a frame; its %d bytes dropped",
+                    address,
+                    source,
+                    self.idle,
+                    exc.partial,
+                )
         except FrameTooLarge as exc:
             problem = Hl7Problem(ErrorCode.segment_sequence, f"{exc}; the connection is closed")
             ack = build_ack(None, AckCode.reject, [problem], now=datetime.now(UTC))
@@ -165,3 +201,14 @@ class MllpServer:
         finally:
             self._connections.discard(writer)
             writer.close()
+
+    async def _reply(self, frame: bytes, source: str) -> Reply:
+        try:
+            return await self.intake.receive(
+                frame, source=source, endpoint=self.endpoint, content_type=CONTENT_TYPE
+            )
+        except Exception:  # a fault in ICC: this frame is answered, and the connection serves the next
+            log.exception("MLLP frame from %s failed in ICC", source)
+            return await self.intake.failed(
+                frame, source=source, endpoint=self.endpoint, content_type=CONTENT_TYPE
+            )

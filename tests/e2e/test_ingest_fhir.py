@@ -308,6 +308,54 @@ async def test_unmapped_ward_is_accepted_and_names_nothing_personal(
     assert b"V-enc" not in everything  # visit numbers are pseudonymised too
 
 
+async def test_unmapped_locations_are_counted_and_listed_as_hl7s_are(
+    ingest: Ingest, conn: asyncpg.Connection, client: httpx.AsyncClient
+) -> None:
+    # codes no other test sends: a ward, a room of a known ward, a facility
+    ward, room, facility = new_id("WD"), new_id("R"), new_id("ZZ")
+    admitted = encounter(new_id("enc-").lower(), "in-progress", location=f"{ward}^B1^1^RXN01")
+    bodies: list[dict[str, Any]] = [
+        admitted,
+        admitted,  # the same version again: a duplicate, not counted twice
+        encounter(new_id("enc-").lower(), "in-progress", location=f"{ward}^B2^1^RXN01"),
+        encounter(new_id("enc-").lower(), "in-progress", location=f"AMU^{room}^9^RXN01"),
+        encounter(
+            new_id("enc-").lower(),
+            "in-progress",
+            location=f"AMU^B1^1^{facility}",
+            serviceProvider={"identifier": {"system": ODS, "value": "RXN01"}},
+        ),
+        # refused whole (the second entry has no site): nothing of it is counted
+        bundle(
+            "transaction",
+            [
+                encounter(new_id("enc-").lower(), "in-progress", location=f"{ward}^B3^1^RXN01"),
+                encounter(new_id("enc-").lower(), "in-progress", location="AMU^B1^1^NOWHERE"),
+            ],
+        ),
+    ]
+    counted = "SELECT coalesce(sum(value), 0) FROM ingest_counter WHERE name = 'fhir.unmapped_location'"
+    before = await conn.fetchval(counted)
+    statuses = [(await send(client, ingest, body)).status_code for body in bodies]
+    assert statuses == [200, 200, 200, 200, 200, 422]
+
+    admin = {"Authorization": f"Bearer {token(ingest.secrets, Role.admin, 'system:QXN')}"}
+    response = await client.get(f"{ingest.url}/v1/locations/unmapped?source=pas", headers=admin)
+    assert response.status_code == 200, response.text
+    listed = {(i["site_id"], i["kind"], i["code"]): i for i in response.json()["items"]}
+    mine = {
+        k: (i["count"], i["example"])
+        for k, i in listed.items()
+        if {ward, room, facility} & set(k[2].split("^"))
+    }
+    assert mine == {
+        ("RXN01", "ward", ward): (2, f"{ward}^B2^1^RXN01"),
+        ("RXN01", "bed", f"AMU^{room}^9"): (1, f"AMU^{room}^9^RXN01"),
+        ("RXN01", "facility", facility): (1, f"AMU^B1^1^{facility}"),
+    }
+    assert await conn.fetchval(counted) - before == 4
+
+
 async def test_quarantined_encounter_is_replayed_after_the_location_map_is_fixed(
     ingest: Ingest, conn: asyncpg.Connection, client: httpx.AsyncClient, map_file: Path
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -230,6 +231,65 @@ def test_a_rejected_message_with_a_readable_msh_carries_its_header_for_the_ack()
     assert caught.value.header is not None and caught.value.header.control_id == "V26"
 
 
+def _strings(value: object) -> list[str]:
+    """Every string a read message (or header) holds, however deep."""
+    if isinstance(value, str):
+        return [value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [s for f in dataclasses.fields(value) for s in _strings(getattr(value, f.name))]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, tuple | list):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
+@pytest.mark.parametrize(
+    ("text", "ack", "location"),
+    [
+        # MSH is the envelope: refused (AR), as for its other faults
+        (A01.replace("|MSG00001|", "|NUL\\X00\\ID|"), AckCode.reject, "MSH-10"),
+        (A01.replace("|PAS|RXN01|", "|PAS\\X00\\|RXN01|"), AckCode.reject, "MSH-3"),
+        (A01.replace("ADT^A01", "ADT^A\\X00\\01"), AckCode.reject, "MSH-9"),
+        (A01.replace("|2.4|", "|2.4\\X0000\\|"), AckCode.reject, "MSH-12"),
+        (adt("A01", "N1", pid(), pv1("AMU\\X00\\^B1^1^RXN01")), AckCode.error, "PV1-3"),
+        (adt("A01", "N2", pid(mrn="K1\\X4100\\"), pv1()), AckCode.error, "PID-3"),
+        (adt("A01", "N3", pid(), pv1(visit="V\\X00\\1")), AckCode.error, "PV1-19"),
+        # the second PV1 of an A17 is PV1(2)
+        (adt("A17", "N4", pid(), pv1(), pid("1"), pv1("AMU^\\X00\\^2")), AckCode.error, "PV1(2)-3"),
+    ],
+)
+def test_an_escape_for_a_nul_character_in_a_field_read_is_refused_naming_the_field(
+    text: str, ack: AckCode, location: str
+) -> None:
+    # found by review: python-hl7 unescapes \X00\ to a NUL, which no PostgreSQL text or JSON value
+    # may hold, so one such message failed a whole group commit and was answered "send it again"
+    for projected in (True, False):
+        with pytest.raises(Hl7Error) as caught:
+            read_message(text.rstrip("\r"), project_first=projected)
+        assert (caught.value.ack, caught.value.problem.code) == (ack, ErrorCode.data_type_error)
+        assert str(caught.value.problem.location) == location
+        assert "NUL" in caught.value.problem.message
+        # the ACK is addressed as usual, and nothing kept about the refusal holds the NUL
+        header = caught.value.header
+        assert header is not None and header.field_separator == "|"
+        assert not any("\x00" in s for s in _strings(header) + _strings(caught.value.problem))
+        ack_text = build_ack(header, caught.value.ack, [caught.value.problem], now=NOW)
+        assert "\x00" not in ack_text
+
+
+def test_the_control_id_of_a_message_refused_for_a_nul_is_echoed_as_sent() -> None:
+    with pytest.raises(Hl7Error) as caught:
+        read(A01.replace("|MSG00001|", "|NUL\\X00\\ID|"))
+    assert caught.value.header is not None and caught.value.header.control_id == "NUL\\X00\\ID"
+    ack = hl7.parse(build_ack(caught.value.header, caught.value.ack, [caught.value.problem], now=NOW))
+    assert str(ack.segment("MSA")(2)) == "NUL\\X00\\ID"
+
+
+def test_a_nul_escape_in_a_field_icc_does_not_read_changes_nothing() -> None:
+    assert read(adt("A01", "N5", pid(surname="SMITH\\X00\\"), pv1())) == read(adt("A01", "N5", pid(), pv1()))
+
+
 # ── times ───────────────────────────────────────────────────────────────────────────────────
 
 
@@ -295,12 +355,61 @@ def test_a_visit_time_without_an_offset_is_in_the_senders_zone_too() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["2025-02-03", "20251301", "20250230", "2025020314050", "20250203+2500", "x"]
+    "text",
+    [
+        "2025-02-03",
+        "20251301",
+        "20250230",
+        "2025020314050",
+        "20250203+2500",
+        "x",
+        # the ends of the calendar: out of range once read as UTC
+        "00010101000000+0100",
+        "99991231235959-0100",
+        "00010101",
+    ],
 )
 def test_malformed_times_are_content_errors(text: str) -> None:
     with pytest.raises(Hl7Error) as caught:
         parse_ts(text)
     assert caught.value.ack is AckCode.error and caught.value.problem.code is ErrorCode.data_type_error
+
+
+def test_a_far_future_date_some_systems_send_for_unknown_is_still_read() -> None:
+    assert parse_ts("99991231") == datetime(9999, 12, 31, tzinfo=UTC)
+
+
+# every field read as a time, and where a problem with it is said to be
+_TIME_FIELDS = {
+    "MSH-7": lambda ts: [msh("A01", sent=ts), evn("A01"), pid(), pv1()],
+    "EVN-2": lambda ts: [msh("A01"), evn("A01", ts), pid(), pv1()],
+    "EVN-6": lambda ts: [msh("A01"), evn("A01", occurred=ts), pid(), pv1()],
+    "PV1-44": lambda ts: [msh("A01"), evn("A01"), pid(), pv1(admitted=ts)],
+    "PV1-45": lambda ts: [msh("A03"), evn("A03"), pid(), pv1(discharged=ts)],
+    "PV2-8": lambda ts: [msh("A05"), evn("A05"), pid(), pv1(), pv2(expected_admit=ts)],
+    "PV2-9": lambda ts: [msh("A05"), evn("A05"), pid(), pv1(), pv2(expected_discharge=ts)],
+}
+_NEAR_THE_ENDS = st.datetimes(max_value=datetime(1, 1, 3)) | st.datetimes(min_value=datetime(9999, 12, 29))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(sorted(_TIME_FIELDS)),
+    _NEAR_THE_ENDS | st.datetimes(),
+    st.sampled_from([8, 12, 14]),  # digits kept: a date, to the minute, to the second
+    st.sampled_from(["", "+0000", "+0100", "-0100", "+1400", "-1200", "+0530", "-0001"]),
+)
+def test_a_time_anywhere_in_the_calendar_with_any_offset_is_read_or_refused_naming_its_field(
+    where: str, when: datetime, digits: int, offset: str
+) -> None:
+    stamp = f"{when.year:04d}{when:%m%d%H%M%S}"[:digits] + offset
+    text = "\r".join(_TIME_FIELDS[where](stamp))
+    for projected in (True, False):
+        try:
+            read_message(text, project_first=projected)
+        except Hl7Error as exc:
+            assert (exc.ack, exc.problem.code) == (AckCode.error, ErrorCode.data_type_error)
+            assert str(exc.problem.location) == where
 
 
 def test_projection_cuts_fields_to_the_components_and_repetitions_read() -> None:
@@ -325,27 +434,30 @@ def test_projection_cuts_fields_to_the_components_and_repetitions_read() -> None
 
 _DELIMITERS = st.sampled_from(["|^~\\&", "#$*@%", "|^~\\&", "!:;?/"])
 _TEXT = st.text(alphabet="ABCXYZ019 .-", max_size=6)
+_ESCAPES = ("\\F\\", "\\S\\", "\\T\\", "\\R\\", "\\E\\", "\\X41\\")
+# and escapes python-hl7 unescapes to a NUL character, which ICC refuses wherever it reads one
+_NUL_ESCAPES = ("\\X00\\", "\\X410042\\")
 
 
 @st.composite
-def _component(draw: st.DrawFn) -> str:
+def _component(draw: st.DrawFn, escapes: tuple[str, ...] = _ESCAPES) -> str:
     value = draw(_TEXT)
     if draw(st.booleans()):
-        value += draw(st.sampled_from(["\\F\\", "\\S\\", "\\T\\", "\\R\\", "\\E\\", "\\X41\\"]))
+        value += draw(st.sampled_from(escapes))
     if draw(st.booleans()):
         value += "&" + draw(_TEXT)
     return value
 
 
 @st.composite
-def _field(draw: st.DrawFn) -> str:
-    reps = draw(st.lists(st.lists(_component(), min_size=1, max_size=5), min_size=0, max_size=3))
+def _field(draw: st.DrawFn, escapes: tuple[str, ...] = _ESCAPES) -> str:
+    reps = draw(st.lists(st.lists(_component(escapes), min_size=1, max_size=5), min_size=0, max_size=3))
     return "~".join("^".join(rep) for rep in reps)
 
 
 @st.composite
 def _segment(draw: st.DrawFn, name: str) -> str:
-    fields = draw(st.lists(_field(), min_size=0, max_size=50))
+    fields = draw(st.lists(_field(_ESCAPES + _NUL_ESCAPES), min_size=0, max_size=50))
     return "|".join([name, *fields])
 
 
@@ -355,7 +467,8 @@ def _messages(draw: st.DrawFn) -> str:
     names = draw(
         st.lists(st.sampled_from(["PID", "PV1", "PV2", "NPU", "ZPI", "NK1", "AL1", "OBX"]), max_size=8)
     )
-    segments = [msh(trigger, draw(st.text(alphabet="ABC123", min_size=1, max_size=8)))]
+    control_id = draw(st.text(alphabet="ABC123", min_size=1, max_size=8))
+    segments = [msh(trigger, control_id + draw(st.sampled_from(["", "", "", "\\X00\\"])))]
     if draw(st.booleans()):
         segments.append(evn(trigger))
     segments += [draw(_segment(name)) for name in names]
@@ -375,6 +488,19 @@ def _outcome(text: str, projected: bool) -> object:
 @given(_messages())
 def test_projected_parse_agrees_with_a_full_python_hl7_parse(text: str) -> None:
     assert _outcome(text, True) == _outcome(text, False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_messages())
+def test_a_message_reads_into_values_without_a_nul_character_or_is_refused(text: str) -> None:
+    # PostgreSQL text and JSON hold no NUL: what is read (or said about a refusal) is stored
+    for projected in (True, False):
+        try:
+            message = read_message(text, project_first=projected)
+        except Hl7Error as exc:
+            assert not any("\x00" in s for s in _strings(exc.problem) + _strings(exc.header))
+        else:
+            assert not any("\x00" in s for s in _strings(message))
 
 
 def _tree(node: object) -> object:

@@ -1,0 +1,65 @@
+"""The one rule on a source's event times that every interface applies before they become events.
+
+The command centre orders events by their time and the newest wins: one bed closure dated 2205 would
+hold the bed closed whatever really happened after it, until 2205. A time before 1990 is a default
+or a typing slip, not a hospital event. So an event time later than ICC's clock when the message was
+received plus `ICC_MAX_FUTURE_SKEW_SECONDS` (clocks drift, but not by hours), or before 1990-01-01,
+is refused; each interface names the field it came from in its own answer (HL7 ERR, FHIR
+OperationOutcome, problem+json) and the message is quarantined like any other refusal.
+
+Pure, apart from `EventTimeBounds.at_receipt` reading the setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from shared.events import utcnow
+from shared.problems import Problem
+from shared.settings import get_settings
+
+EARLIEST = datetime(1990, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class EventTimeBounds:
+    """The event times a message received at `received_at` may carry."""
+
+    received_at: datetime
+    max_future_skew: timedelta
+
+    @classmethod
+    def at_receipt(cls, received_at: datetime | None = None) -> EventTimeBounds:
+        """The bounds of a message received at `received_at`; none given, now: the message is being
+        mapped by the request (or MLLP frame, or replay) that received it."""
+        skew = timedelta(seconds=get_settings().max_future_skew_seconds)
+        return cls(received_at if received_at is not None else utcnow(), skew)
+
+    @property
+    def latest(self) -> datetime:
+        return self.received_at + self.max_future_skew
+
+    def refusal(self, when: datetime) -> str | None:
+        """Why `when` cannot be an event time; None when it can."""
+        if when < EARLIEST:
+            return f"{when.isoformat()} is before {EARLIEST.date()}: too early to be a hospital event"
+        if when > self.latest:
+            return (
+                f"{when.isoformat()} is in the future: later than ICC's clock when the message was received "
+                f"({self.received_at.isoformat(timespec='seconds')}) plus "
+                f"{self.max_future_skew.total_seconds():g} s of clock drift"
+            )
+        return None
+
+    def check_json_field(self, when: datetime, field: str) -> None:
+        """For the JSON interfaces: a 422 problem naming the field (and, in NDJSON, its line)."""
+        reason = self.refusal(when)
+        if reason is not None:
+            raise Problem(
+                422,
+                "event-time-out-of-range",
+                "Event time out of range",
+                f"{field}: {reason}",
+                errors=[{"field": field, "message": reason}],
+            )
