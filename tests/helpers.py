@@ -14,6 +14,7 @@ import orjson
 import websockets
 
 from shared.auth import SOURCE_HEADER, Role, mint_token, sign_webhook
+from shared.sealed import Sealer
 from shared.secrets_store import Secrets
 
 
@@ -140,3 +141,8 @@ class StreamClient:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+def opened(secrets: Secrets, stored: bytes) -> bytes:
+    """A raw or quarantined body as it was received (the database holds it sealed)."""
+    return Sealer(secrets.raw_store_key).open(bytes(stored))

@@ -20,6 +20,7 @@ from services.ingest.mllp import MllpServer, parse_allow_list
 from shared import problems
 from shared.outbox import OutboxRelay
 from shared.runtime import Runtime, load_runtime, settle_heap
+from shared.sealed import Sealer
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
@@ -31,7 +32,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
-        writer = GroupCommitWriter(runtime.db, steps=[Hl7Bookkeeping()])
+        sealer = Sealer(runtime.secrets.raw_store_key)
+        writer = GroupCommitWriter(runtime.db, sealer=sealer, steps=[Hl7Bookkeeping()])
         relay = OutboxRelay(
             runtime.database_url,
             runtime.bootstrap,
@@ -54,6 +56,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
                 pseudonymisation_key=runtime.secrets.pseudonymisation_key,
                 locations=locations,
                 pool=runtime.db,
+                sealer=sealer,
             ),
             replay_processors=replay_processors,
         )

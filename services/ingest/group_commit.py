@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from shared.outbox import APPEND_LOCK, OutboxEvent, append
+from shared.sealed import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,11 @@ class BatchStep(Protocol):
 
 
 class GroupCommitWriter:
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 1000, steps: Sequence[BatchStep] = ()) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, sealer: Sealer, max_batch: int = 1000, steps: Sequence[BatchStep] = ()
+    ) -> None:
         self.pool = pool
+        self.sealer = sealer  # raw bodies are stored sealed (`shared.sealed`)
         self.max_batch = max_batch
         self.steps = tuple(steps)
         self.queue: asyncio.Queue[Inbound] = asyncio.Queue()
@@ -169,13 +173,13 @@ class GroupCommitWriter:
             batch = await step.before(conn, batch)
         if not batch:
             return set()
-        inserted = await write_batch(conn, batch)
+        inserted = await write_batch(conn, batch, self.sealer)
         for step in self.steps:
             await step.after(conn, batch)
         return inserted
 
 
-async def write_batch(conn: asyncpg.Connection, batch: Sequence[Inbound]) -> set[uuid.UUID]:
+async def write_batch(conn: asyncpg.Connection, batch: Sequence[Inbound], sealer: Sealer) -> set[uuid.UUID]:
     """Write raw messages and their events inside the caller's transaction; set each item's `raw_id`.
 
     An item whose `prepare` raises gets `error` set and is left out; its partial writes roll back
@@ -215,7 +219,7 @@ async def write_batch(conn: asyncpg.Connection, batch: Sequence[Inbound]) -> set
         [i.source for i in kept],
         [i.endpoint for i in kept],
         [i.content_type for i in kept],
-        [i.body for i in kept],
+        [sealer.seal(i.body) for i in kept],
         [len(i.events) for i in kept],
         APPEND_LOCK,
     )

@@ -43,6 +43,7 @@ from services.ingest.location_source import LocationMapSource
 from shared.events import utcnow
 from shared.problems import PROBLEM_BASE
 from shared.pseudonymise import IdKind, pseudonymise
+from shared.sealed import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class Hl7Intake:
         status = HTTP_STATUS[exc.ack]
         ack = build_ack(exc.header, exc.ack, [exc.problem], now=now)
         try:
-            await quarantine(self.pool, raw, source, endpoint, content_type, status, exc)
+            await quarantine(self.pool, self.writer.sealer, raw, source, endpoint, content_type, status, exc)
         except DB_ERRORS as db_error:
             log.error("HL7 message from %s could not be quarantined: %s", source, db_error)
             return _retry(exc.header, now)
@@ -303,6 +304,7 @@ def problem_body(exc: Hl7Error, status: int, endpoint: str) -> dict[str, object]
 
 async def quarantine(
     pool: asyncpg.Pool,
+    sealer: Sealer,
     raw: bytes,
     source: str | None,
     endpoint: str,
@@ -322,7 +324,7 @@ async def quarantine(
         source,
         endpoint,
         content_type,
-        raw,
+        sealer.seal(raw),
         status,
         problem_body(exc, status, endpoint),
         f"hl7.{'rejected' if exc.ack is AckCode.reject else 'error'}",

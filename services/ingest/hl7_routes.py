@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from services.ingest.hl7_ack import CONTENT_TYPE
 from services.ingest.hl7_intake import RETRY_STATUS, Hl7Intake
-from services.ingest.intake import RETRY_AFTER_SECONDS, Rejected, quarantine_unauthenticated
+from services.ingest.intake import RETRY_AFTER_SECONDS, Rejected, context_of, quarantine_unauthenticated
 from services.ingest.source_auth import authenticate, read_body
 from shared.auth import (
     SOURCE_HEADER,
@@ -65,7 +65,11 @@ async def post_hl7v2(request: Request) -> Response:
         source = authenticate(request, runtime, body)
     except Problem as problem:
         await quarantine_unauthenticated(
-            runtime.db, source, endpoint, Rejected(body, content_type, problem.status, problem.body(endpoint))
+            runtime.db,
+            context_of(runtime).sealer,
+            source,
+            endpoint,
+            Rejected(body, content_type, problem.status, problem.body(endpoint)),
         )
         raise
     intake: Hl7Intake = runtime.extra["hl7"]

@@ -27,6 +27,7 @@ from shared.db import next_ids
 from shared.organisation import Organisation
 from shared.problems import PROBLEM_JSON, Problem
 from shared.runtime import Runtime
+from shared.sealed import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class IngestContext:
     pseudonymisation_key: str
     locations: LocationMapSource
     pool: asyncpg.Pool
+    sealer: Sealer  # seals raw bodies at rest (`shared.sealed`)
 
 
 class Processor(Protocol):
@@ -142,9 +144,10 @@ def nul_path(body: bytes) -> list[str | int] | None:
 
 
 async def quarantine(
-    pool: asyncpg.Pool, source: str | None, endpoint: str, parts: Sequence[Rejected]
+    pool: asyncpg.Pool, sealer: Sealer, source: str | None, endpoint: str, parts: Sequence[Rejected]
 ) -> None:
-    """Keep rejected messages (or parts of one) raw, one row each; tell each outcome its row id."""
+    """Keep rejected messages (or parts of one) raw and sealed, one row each; tell each outcome its
+    row id."""
     if not parts:
         return
     async with pool.acquire() as conn:
@@ -160,7 +163,7 @@ async def quarantine(
             endpoint,
             ids,
             [p.content_type for p in parts],
-            [p.body for p in parts],
+            [sealer.seal(p.body) for p in parts],
             [p.status for p in parts],
             [p.problem for p in parts],
         )
@@ -170,7 +173,7 @@ async def quarantine(
 
 
 async def quarantine_unauthenticated(
-    pool: asyncpg.Pool, source: str | None, endpoint: str, refused: Rejected
+    pool: asyncpg.Pool, sealer: Sealer, source: str | None, endpoint: str, refused: Rejected
 ) -> None:
     """Keep a request refused before it was authenticated, bounded.
 
@@ -182,7 +185,7 @@ async def quarantine_unauthenticated(
     if refused.status == 429:
         return
     if refused.status != 401:
-        await quarantine(pool, source, endpoint, [refused])
+        await quarantine(pool, sealer, source, endpoint, [refused])
         return
     body = refused.body
     await pool.execute(
@@ -194,7 +197,7 @@ async def quarantine_unauthenticated(
         source,
         endpoint,
         refused.content_type,
-        body[:UNAUTHENTICATED_KEPT_BYTES],
+        sealer.seal(body[:UNAUTHENTICATED_KEPT_BYTES]),
         refused.status,
         refused.problem,
         len(body),
@@ -226,15 +229,20 @@ async def run_live(request: Request, processor: Processor, render_error: ErrorRe
     except Problem as problem:
         answer = render_error(problem, endpoint)
         await quarantine_unauthenticated(
-            runtime.db, source, endpoint, Rejected(body, content_type, problem.status, answer.content)
+            runtime.db,
+            context_of(runtime).sealer,
+            source,
+            endpoint,
+            Rejected(body, content_type, problem.status, answer.content),
         )
         return answer.response()
     writer: GroupCommitWriter = runtime.extra["writer"]
     try:
+        ctx = context_of(runtime)
         answer = await processor(
-            context_of(runtime), Message(source, endpoint, content_type, body), writer.submit, replay=False
+            ctx, Message(source, endpoint, content_type, body), writer.submit, replay=False
         )
-        await quarantine(runtime.db, source, endpoint, answer.rejected)
+        await quarantine(runtime.db, ctx.sealer, source, endpoint, answer.rejected)
     except DB_ERRORS as exc:  # what was committed stays committed: a re-send gets it as a duplicate
         log.error("%s from %s not stored: %s", endpoint, source, exc)
         return render_error(unavailable(), endpoint).response()

@@ -20,6 +20,7 @@ from services.ingest.intake import Message, Processor, context_of
 from shared.auth import Role
 from shared.problems import OrjsonResponse, Problem
 from shared.runtime import CurrentRuntime, CurrentUser
+from shared.sealed import SealError
 
 router = APIRouter()
 
@@ -66,7 +67,13 @@ async def replay(quarantine_id: int, runtime: CurrentRuntime, user: CurrentUser)
         raise Problem(
             409, "not-replayable", "Not replayable", f"no replay for messages to {row['endpoint']!r}"
         )
-    message = Message(row["source"], row["endpoint"], row["content_type"], bytes(row["body"]))
+    try:
+        body = context_of(runtime).sealer.open(bytes(row["body"]))
+    except SealError as exc:
+        raise Problem(
+            409, "not-replayable", "Not replayable", f"the stored body cannot be opened: {exc}"
+        ) from exc
+    message = Message(row["source"], row["endpoint"], row["content_type"], body)
     writer: GroupCommitWriter = runtime.extra["writer"]
 
     async def commit(item: Inbound) -> set[uuid.UUID]:

@@ -18,7 +18,7 @@ from icc.stack import Stack
 from shared.auth import Role
 from shared.secrets_store import Secrets
 from tests.conftest import eventually, make_settings
-from tests.helpers import token
+from tests.helpers import opened, token
 from tests.hl7_samples import (
     NHS_NUMBER,
     SURNAME,
@@ -74,7 +74,9 @@ async def test_a01_is_committed_then_acknowledged(
     assert event["payload"]["location"]["bed_id"] == "RXN01-AMU-B1-1"
     stored = rows[0]["value"].decode()
     assert NHS_NUMBER not in stored and VISIT not in stored and SURNAME not in stored
-    assert await db.fetchval("SELECT body FROM raw_message") == body.encode()  # kept as sent
+    raw = await db.fetchval("SELECT body FROM raw_message")
+    assert SURNAME.encode() not in raw and NHS_NUMBER.encode() not in raw  # sealed at rest
+    assert opened(test_secrets, raw) == body.encode()  # kept as sent
     assert await db.fetchval("SELECT ack FROM hl7_message WHERE control_id = 'HTTP0001'") == response.text
 
 
@@ -172,7 +174,9 @@ async def test_bad_messages_get_ae_or_ar_and_are_quarantined(
 
     rows = await db.fetch("SELECT source, body, status_code, problem FROM quarantine ORDER BY id")
     assert [r["status_code"] for r in rows] == [422, 400, 400, 401]
-    assert rows[0]["body"] == no_visit.encode() and rows[2]["body"] == garbage
+    assert opened(test_secrets, rows[0]["body"]) == no_visit.encode()
+    assert opened(test_secrets, rows[2]["body"]) == garbage
+    assert b"NOVISIT1" not in rows[0]["body"]  # sealed at rest
     problems = [orjson.loads(r["problem"]) for r in rows]
     assert problems[0]["ack_code"] == "AE" and problems[0]["errors"][0]["location"] == "PV1-19"
     assert problems[1]["errors"][0]["code"] == "200" and problems[1]["control_id"] == "ORU00001"
@@ -258,7 +262,7 @@ def mllp_exchange(stack: Stack, *payloads: bytes) -> list[bytes]:
     return replies
 
 
-async def test_mllp_round_trip(stack: Stack, db: asyncpg.Connection) -> None:
+async def test_mllp_round_trip(stack: Stack, test_secrets: Secrets, db: asyncpg.Connection) -> None:
     a01 = adt("A01", "MLLP0001").encode()
     with_bom_and_lf = b"\xef\xbb\xbf" + adt("A03", "MLLP0002", pid(), pv1(), sep="\n").encode()
     swap = adt(
@@ -280,7 +284,7 @@ async def test_mllp_round_trip(stack: Stack, db: asyncpg.Connection) -> None:
     assert types == ["patient.admitted", "patient.discharged", "patient.swapped"]
     assert await db.fetchval("SELECT source FROM raw_message LIMIT 1") == "pas"
     quarantined = await db.fetchrow("SELECT endpoint, body FROM quarantine")
-    assert quarantined["body"] == junk and quarantined["endpoint"].startswith("mllp://")
+    assert opened(test_secrets, quarantined["body"]) == junk and quarantined["endpoint"].startswith("mllp://")
 
 
 def test_mllp_answers_several_frames_in_one_write_in_order(stack: Stack) -> None:
@@ -341,7 +345,8 @@ async def test_quarantined_hl7_is_replayed_through_the_same_mapping(
         assert (row["replay_count"], row["replayed_at"]) == (1, None)
         assert await db.fetchval("SELECT count(*) FROM outbox") == 0
 
-        # a message an earlier version refused (here over MLLP) that is acceptable now
+        # a message an earlier version refused (here over MLLP) that is acceptable now, kept as that
+        # version kept it: not sealed
         a01 = adt("A01", "RPLY0002").encode()
         kept_id = await db.fetchval(
             "INSERT INTO quarantine (source, endpoint, content_type, body, status_code, problem) "

@@ -15,7 +15,7 @@ import pytest
 
 from shared.auth import Role
 from tests.e2e.ingest_support import NHS_NUMBER, Ingest, bundle, encounter, ingest_only, new_id, post
-from tests.helpers import token
+from tests.helpers import opened, token
 
 pytestmark = pytest.mark.e2e
 
@@ -253,7 +253,7 @@ async def test_transaction_and_batch_bundles(
         "SELECT body, status_code FROM quarantine WHERE endpoint = '/v1/pas/fhir' ORDER BY id DESC LIMIT 2"
     )
     assert sorted(r["status_code"] for r in kept) == [400, 422]
-    assert {orjson.loads(r["body"])["resourceType"] for r in kept} == {"Encounter"}
+    assert {orjson.loads(opened(ingest.secrets, r["body"]))["resourceType"] for r in kept} == {"Encounter"}
 
 
 async def test_invalid_resources_get_an_operation_outcome(
@@ -394,9 +394,8 @@ async def test_quarantined_encounter_is_replayed_after_the_location_map_is_fixed
     raw = await conn.fetchrow(
         "SELECT source, endpoint, body FROM raw_message WHERE id = $1", body["raw_message_id"]
     )
-    assert (raw["source"], raw["endpoint"]) == ("pas", "/v1/pas/fhir") and orjson.loads(
-        raw["body"]
-    ) == resource
+    assert (raw["source"], raw["endpoint"]) == ("pas", "/v1/pas/fhir")
+    assert orjson.loads(opened(ingest.secrets, raw["body"])) == resource
 
     again = await client.post(replay_url, headers=admin)
     assert again.status_code == 409 and again.json()["type"].endswith("/already-replayed")

@@ -25,7 +25,7 @@ from tests.e2e.ingest_support import (
     now_iso,
     post,
 )
-from tests.helpers import token
+from tests.helpers import opened, token
 
 pytestmark = pytest.mark.e2e
 
@@ -194,7 +194,8 @@ async def test_ndjson_batch_commits_good_lines_and_quarantines_the_bad_one(
         kept = await conn.fetchrow(
             "SELECT body, content_type FROM quarantine WHERE id = $1", outcome["quarantine_id"]
         )
-        assert orjson.loads(kept["body"]) == line and kept["content_type"] == "application/json"
+        assert orjson.loads(opened(ingest.secrets, kept["body"])) == line
+        assert kept["content_type"] == "application/json"
 
     async with httpx.AsyncClient() as client:
         again = await post(client, f"{ingest.url}/v1/ed-events", ingest.secrets, lines)

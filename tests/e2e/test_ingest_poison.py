@@ -35,9 +35,11 @@ from shared.auth import Role
 from shared.db import create_pool
 from shared.organisation import Organisation
 from shared.pseudonymise import IdKind
+from shared.sealed import Sealer, new_key
+from shared.secrets_store import Secrets
 from tests.conftest import SAMPLE_LOCATION_MAP, eventually
 from tests.e2e.ingest_support import NHS_NUMBER, Ingest, encounter, ingest_only, new_id, now_iso, post
-from tests.helpers import bed_event, token
+from tests.helpers import bed_event, opened, token
 from tests.hl7_samples import MllpClient, adt, batch, evn, msh, pid, pv1, segments_of, signed_headers
 from tests.integration.support import bed_envelope, outbox_event
 
@@ -77,14 +79,25 @@ async def post_hl7(client: httpx.AsyncClient, ingest: Ingest, body: str) -> http
     )
 
 
-async def post_fhir(client: httpx.AsyncClient, ingest: Ingest, resource: dict[str, Any]) -> httpx.Response:
+async def post_fhir(
+    client: httpx.AsyncClient, ingest: Ingest, resource: dict[str, Any], content_type: str = FHIR_JSON
+) -> httpx.Response:
     return await post(
-        client, f"{ingest.url}/v1/pas/fhir", ingest.secrets, resource, source="pas", content_type=FHIR_JSON
+        client, f"{ingest.url}/v1/pas/fhir", ingest.secrets, resource, source="pas", content_type=content_type
     )
 
 
-async def post_bed(client: httpx.AsyncClient, ingest: Ingest, event: dict[str, Any]) -> httpx.Response:
-    return await post(client, f"{ingest.url}/v1/bed-events", ingest.secrets, event, source="bedmgmt")
+async def post_bed(
+    client: httpx.AsyncClient, ingest: Ingest, event: dict[str, Any], content_type: str = "application/json"
+) -> httpx.Response:
+    return await post(
+        client,
+        f"{ingest.url}/v1/bed-events",
+        ingest.secrets,
+        event,
+        source="bedmgmt",
+        content_type=content_type,
+    )
 
 
 def milestone(attendance: str) -> dict[str, Any]:
@@ -110,14 +123,11 @@ def over_mllp_at(address: tuple[str, int], *messages: str) -> list[dict[str, lis
         return [segments_of(mllp.receive()) for _ in messages]
 
 
-async def kept(conn: asyncpg.Connection, marker: str) -> list[asyncpg.Record]:
-    """Quarantine rows whose body holds `marker`."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT endpoint, body, status_code, problem FROM quarantine "
-        "WHERE position(convert_to($1, 'UTF8') in body) > 0 ORDER BY id",
-        marker,
-    )
-    return rows
+async def kept(conn: asyncpg.Connection, secrets: Secrets, marker: str) -> list[dict[str, Any]]:
+    """Quarantine rows whose body (opened: it is stored sealed) holds `marker`, body opened."""
+    rows = await conn.fetch("SELECT endpoint, body, status_code, problem FROM quarantine ORDER BY id")
+    found = [{**row, "body": opened(secrets, row["body"])} for row in rows]
+    return [row for row in found if marker.encode() in row["body"]]
 
 
 def err_location(ack: dict[str, list[list[str]]]) -> str:
@@ -146,8 +156,8 @@ async def test_a_nul_escape_in_msh10_is_refused_alone_and_kept(
     assert ack["MSA"][0][1:3] == ["AR", "NUL\\X00\\ID"]
     assert (err_location(ack), err_code(ack)) == ("MSH^1^10", "102")
     assert [a.status_code for a in taken] == [200] * 5
-    (row,) = await kept(conn, "NUL\\X00\\ID")
-    assert row["status_code"] == 400 and bytes(row["body"]) == poison.encode()
+    (row,) = await kept(conn, ingest.secrets, "NUL\\X00\\ID")
+    assert row["status_code"] == 400 and row["body"] == poison.encode()
     assert orjson.loads(row["problem"])["errors"][0]["location"] == "MSH-10"
 
 
@@ -160,7 +170,7 @@ async def test_a_nul_escape_in_pv1_3_is_an_error_and_an_mllp_feed_goes_on(
     assert first["MSA"][0][1:3] == ["AE", control_id]
     assert (err_location(first), err_code(first)) == ("PV1^1^3", "102")
     assert second["MSA"][0][1] == "AA"
-    (row,) = await kept(conn, control_id)
+    (row,) = await kept(conn, ingest.secrets, control_id)
     assert row["endpoint"].startswith("mllp://") and row["status_code"] == 422
 
 
@@ -187,7 +197,7 @@ async def test_a_time_out_of_range_once_read_as_utc_is_a_data_type_error_over_ht
     ack = segments_of(response.content)
     assert ack["MSA"][0][1:3] == ["AE", over_http]
     assert (err_location(ack), err_code(ack)) == (where, "102")
-    assert len(await kept(conn, over_http)) == 1
+    assert len(await kept(conn, ingest.secrets, over_http)) == 1
 
     over_tcp = new_id("TS")
     first, second = await asyncio.to_thread(over_mllp, ingest, message(over_tcp), adt("A08", new_id("NEXT")))
@@ -208,7 +218,7 @@ async def test_a_nul_in_a_fhir_string_is_refused_naming_the_element(
     assert issue["code"] == "value"
     assert issue["expression"] == ["Encounter.location[0].location.display"]
     assert "NUL" in issue["diagnostics"]
-    (row,) = await kept(conn, resource["id"])
+    (row,) = await kept(conn, ingest.secrets, resource["id"])
     assert row["status_code"] == 400
 
 
@@ -223,7 +233,7 @@ async def test_a_nul_in_json_is_refused_naming_the_field_and_an_ndjson_batch_kee
     assert response.json()["errors"] == [
         {"field": "attendance_id", "message": "holds a NUL character (\\u0000), which ICC cannot store"}
     ]
-    assert len(await kept(conn, poisoned["attendance_id"].rstrip("\x00"))) == 1
+    assert len(await kept(conn, ingest.secrets, poisoned["attendance_id"].rstrip("\x00"))) == 1
 
     good, bad = milestone(new_id("ATT")), milestone(new_id("ATT") + "\x00")
     response = await post(client, url, ingest.secrets, [good, bad])
@@ -237,13 +247,16 @@ async def test_a_nul_in_json_is_refused_naming_the_field_and_an_ndjson_batch_kee
 
 @asynccontextmanager
 async def database_refuses(conn: asyncpg.Connection, marker: str) -> AsyncIterator[None]:
-    """PostgreSQL refuses, with its own data exception for a NUL in text, any raw message holding
-    `marker`: a stand-in for whatever content it refuses that ICC does not yet catch at the edge."""
+    """PostgreSQL refuses, with its own data exception for a NUL in text, a marked message: a
+    stand-in for whatever content it refuses that ICC does not yet catch at the edge.
+
+    Raw bodies are stored sealed, so the mark is where PostgreSQL can see it: an HL7 message's
+    control id (its idempotency row), or a request's content type (`marked`)."""
     await conn.execute(
         """
         CREATE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            IF position(convert_to(TG_ARGV[0], 'UTF8') IN NEW.body) > 0 THEN
+            IF position(TG_ARGV[0] IN to_jsonb(NEW)::text) > 0 THEN
                 RAISE EXCEPTION 'invalid byte sequence for encoding "UTF8": 0x00'
                     USING ERRCODE = 'character_not_in_repertoire';
             END IF;
@@ -251,14 +264,23 @@ async def database_refuses(conn: asyncpg.Connection, marker: str) -> AsyncIterat
         END $$
         """
     )
-    await conn.execute(
-        f"CREATE TRIGGER refuse_marked BEFORE INSERT ON raw_message FOR EACH ROW "
-        f"EXECUTE FUNCTION refuse_marked('{marker}')"
-    )
+    for table in ("raw_message", "hl7_message"):
+        await conn.execute(
+            f"CREATE TRIGGER refuse_marked BEFORE INSERT ON {table} FOR EACH ROW "
+            f"EXECUTE FUNCTION refuse_marked('{marker}')"
+        )
     try:
         yield
     finally:
-        await conn.execute("DROP TRIGGER refuse_marked ON raw_message; DROP FUNCTION refuse_marked()")
+        await conn.execute(
+            "DROP TRIGGER refuse_marked ON raw_message; DROP TRIGGER refuse_marked ON hl7_message; "
+            "DROP FUNCTION refuse_marked()"
+        )
+
+
+def marked(content_type: str, marker: str) -> str:
+    """A content type carrying `marker` as a parameter, which ICC keeps with the raw message."""
+    return f"{content_type}; refuse={marker}"
 
 
 async def test_an_hl7_message_the_database_refuses_is_an_error_and_the_rest_of_its_batch_is_taken(
@@ -283,7 +305,7 @@ async def test_an_hl7_message_the_database_refuses_is_an_error_and_the_rest_of_i
     stored = await conn.fetch("SELECT control_id FROM hl7_message WHERE control_id = any($1)", ids)
     assert sorted(r["control_id"] for r in stored) == sorted(ids[:2] + ids[3:])
     assert resent["MSA"][0][1:3] == ["AE", marker] and following["MSA"][0][1] == "AA"
-    assert [r["status_code"] for r in await kept(conn, marker)] == [422, 422]
+    assert [r["status_code"] for r in await kept(conn, ingest.secrets, marker)] == [422, 422]
 
 
 async def test_a_json_or_fhir_message_the_database_refuses_is_a_422_and_the_others_are_taken(
@@ -297,15 +319,20 @@ async def test_a_json_or_fhir_message_the_database_refuses_is_a_422_and_the_othe
         encounter(new_id("ENC"), "in-progress"),
     )
     async with database_refuses(conn, marker):
-        bed_answers = await asyncio.gather(*(post_bed(client, ingest, b) for b in [poisoned_bed, *beds]))
+        bed_answers = await asyncio.gather(
+            post_bed(client, ingest, poisoned_bed, marked("application/json", marker)),
+            *(post_bed(client, ingest, b) for b in beds),
+        )
         fhir_answers = await asyncio.gather(
-            *(post_fhir(client, ingest, r) for r in (poisoned_encounter, other_encounter))
+            post_fhir(client, ingest, poisoned_encounter, marked(FHIR_JSON, marker)),
+            post_fhir(client, ingest, other_encounter),
         )
         ndjson = await post(
             client,
             f"{ingest.url}/v1/ed-events",
             ingest.secrets,
-            [milestone(marker), milestone(new_id("ATT"))],
+            b"".join(orjson.dumps(m) + b"\n" for m in (milestone(marker), milestone(new_id("ATT")))),
+            content_type=marked("application/x-ndjson", marker),
         )
         # the lines were to be committed together: each is refused and kept on its own, so replaying
         # them tells which it was: the other one is taken
@@ -326,7 +353,7 @@ async def test_a_json_or_fhir_message_the_database_refuses_is_a_422_and_the_othe
 
     assert ndjson.status_code == 422, ndjson.text
     assert [line["status"] for line in ndjson.json()["lines"]] == ["rejected", "rejected"]
-    assert [r["status_code"] for r in await kept(conn, marker)] == [422, 422, 422]
+    assert [r["status_code"] for r in await kept(conn, ingest.secrets, marker)] == [422, 422, 422]
     assert replayed.status_code == 200, replayed.text
 
 
@@ -384,7 +411,7 @@ async def test_a_database_failure_is_answered_send_it_again_on_every_interface(
 
     # nothing was wrong with the messages: none is kept, and sending them again is taken
     for marker in (control_id, resource["id"], event["bed_id"]):
-        assert await kept(conn, marker) == []
+        assert await kept(conn, ingest.secrets, marker) == []
     assert (await post_hl7(client, ingest, adt("A01", control_id))).status_code == 200
     assert (await post_fhir(client, ingest, resource)).status_code == 200
     assert (await post_bed(client, ingest, event)).status_code == 202
@@ -443,7 +470,8 @@ async def test_every_mllp_frame_is_answered_whatever_fails_in_icc(
     database_url: str, org: Organisation, caplog: pytest.LogCaptureFixture
 ) -> None:
     pool = await create_pool(database_url)
-    writer = GroupCommitWriter(pool, steps=[Hl7Bookkeeping()])
+    sealer = Sealer(new_key())
+    writer = GroupCommitWriter(pool, sealer=sealer, steps=[Hl7Bookkeeping()])
     running = asyncio.create_task(writer.run())
     key = secrets.token_hex(32)  # generated per run
     intake = FaultyIntake(writer, pool, LocationMapSource(org, SAMPLE_LOCATION_MAP), key)
@@ -471,7 +499,7 @@ async def test_every_mllp_frame_is_answered_whatever_fails_in_icc(
             "injected fault in taking a frame",
         }
         kept_rows = await pool.fetch("SELECT body, status_code FROM quarantine ORDER BY id")
-        assert [(bytes(r["body"]), r["status_code"]) for r in kept_rows] == [
+        assert [(sealer.open(r["body"]), r["status_code"]) for r in kept_rows] == [
             (frames[0].encode(), 422),
             (frames[1].encode(), 422),
         ]
@@ -497,14 +525,21 @@ async def test_a_group_commit_isolates_the_one_message_that_fails_and_keeps_runn
 ) -> None:
     pool = await create_pool(database_url)
     admin = await asyncpg.connect(database_url)
-    writer = GroupCommitWriter(pool, steps=[FaultyStep()])
+    writer = GroupCommitWriter(pool, sealer=Sealer(new_key()), steps=[FaultyStep()])
     running: asyncio.Task[None] | None = None
     try:
         marker = new_id("POISON")
         async with database_refuses(admin, marker):
-            bodies = [b"one", marker.encode(), b"FAULT", b"four"]
+            bodies = [b"one", b"two", b"FAULT", b"four"]
             items = [
-                Inbound("test", "/test", "text/plain", body, [outbox_event(bed_envelope("RXN01", n))])
+                # the second is marked where PostgreSQL sees it (raw bodies are stored sealed)
+                Inbound(
+                    "test",
+                    "/test",
+                    marked("text/plain", marker) if n == 1 else "text/plain",
+                    body,
+                    [outbox_event(bed_envelope("RXN01", n))],
+                )
                 for n, body in enumerate(bodies)
             ]
             for item in items:  # queued before the writer runs: one batch

@@ -13,7 +13,7 @@ from icc.stack import Stack
 from shared.auth import Role
 from shared.secrets_store import Secrets
 from tests.conftest import eventually
-from tests.helpers import StreamClient, bed_event, post_signed, token
+from tests.helpers import StreamClient, bed_event, opened, post_signed, token
 
 pytestmark = pytest.mark.e2e
 
@@ -163,7 +163,8 @@ async def test_bad_input_gets_problem_json_and_is_quarantined(
         )
         assert forbidden.status_code == 403
 
-    bodies = [r["body"] for r in await db.fetch("SELECT body FROM quarantine ORDER BY id")]
+    rows = await db.fetch("SELECT body FROM quarantine ORDER BY id")
+    bodies = [opened(test_secrets, r["body"]) for r in rows]
     assert bodies[1] == orjson.dumps(bad_status)
     assert bodies[3] == b"\x00\xffnot json"
     assert await db.fetchval("SELECT count(*) FROM outbox") == 0

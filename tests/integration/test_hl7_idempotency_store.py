@@ -15,6 +15,7 @@ from services.ingest.hl7_intake import Hl7Bookkeeping, Hl7Intake, prune_idempote
 from services.ingest.location_source import LocationMapSource
 from shared.db import create_pool
 from shared.organisation import load_organisation
+from shared.sealed import Sealer, new_key
 from tests.hl7_samples import adt, pid, pv1
 
 pytestmark = pytest.mark.integration
@@ -27,7 +28,7 @@ async def test_bookkeeping_in_one_transaction_with_the_events(
 ) -> None:
     pool = await create_pool(database_url)
     org = load_organisation(ROOT / "deploy/org/sample-icb.yaml")
-    writer = GroupCommitWriter(pool, steps=[Hl7Bookkeeping()])
+    writer = GroupCommitWriter(pool, sealer=Sealer(new_key()), steps=[Hl7Bookkeeping()])
     task = asyncio.create_task(writer.run())
     intake = Hl7Intake(writer, pool, LocationMapSource(org, None), secrets.token_urlsafe(40))
     try:
