@@ -28,9 +28,12 @@ def describe(message: dict[str, Any]) -> str:
             f"summaries={len(message.get('summaries', []))} escalations={len(message.get('escalations', []))}"
         )
     if kind == "resume":
-        changed = [w["ward_id"] for w in message.get("wards", [])]
+        # A resume also carries the escalations resolved while away: their status says which.
+        wards = [w["ward_id"] for w in message.get("wards", [])]
+        escalations = [f"{e.get('id')}:{e.get('status')}" for e in message.get("escalations", [])]
         return (
-            f"resume   {scope} seq={seq} missed wards={changed} summaries={len(message.get('summaries', []))}"
+            f"resume   {scope} seq={seq} missed wards={wards} "
+            f"summaries={len(message.get('summaries', []))} escalations={escalations}"
         )
     if kind == "delta":
         if "ward" in message:
@@ -53,8 +56,8 @@ def describe(message: dict[str, Any]) -> str:
         if "escalation" in message:
             e = message["escalation"]
             return (
-                f"escalation {scope} seq={seq} {e.get('escalation_id')} tier={e.get('tier')} "
-                f"status={e.get('status')}"
+                f"escalation {scope} seq={seq} {e.get('id')} v{e.get('version')} tier={e.get('tier')} "
+                f"status={e.get('status')} reason={e.get('reason')!r}"
             )
     if kind == "ready":
         return f"ready    as {message.get('subject')} ({message.get('role')}) scopes={message.get('scopes')}"
