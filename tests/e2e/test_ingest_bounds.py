@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,19 +34,6 @@ def ingest(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         pg_admin_url, tmp_path_factory.mktemp("ingest-bounds"), ICC_MAX_FUTURE_SKEW_SECONDS=str(SKEW_SECONDS)
     ) as running:
         yield running
-
-
-@pytest.fixture
-async def conn(ingest: Ingest) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(ingest.database_url)
-    yield c
-    await c.close()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as c:
-        yield c
 
 
 # ── event times ─────────────────────────────────────────────────────────────────────────────

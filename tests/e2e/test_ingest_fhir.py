@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +34,6 @@ def ingest(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory, map_file
         pg_admin_url, tmp_path_factory.mktemp("ingest-fhir"), ICC_LOCATION_MAP_FILE=str(map_file)
     ) as running:
         yield running
-
-
-@pytest.fixture
-async def conn(ingest: Ingest) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(ingest.database_url)
-    yield c
-    await c.close()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as c:
-        yield c
 
 
 async def send(client: httpx.AsyncClient, ingest: Ingest, body: dict[str, Any] | bytes) -> httpx.Response:

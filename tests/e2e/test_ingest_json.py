@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,13 +36,6 @@ SITE = "RXN01"
 def ingest(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingest]:
     with ingest_only(pg_admin_url, tmp_path_factory.mktemp("ingest-json")) as running:
         yield running
-
-
-@pytest.fixture
-async def conn(ingest: Ingest) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(ingest.database_url)
-    yield c
-    await c.close()
 
 
 async def outbox_envelopes(conn: asyncpg.Connection, event_ids: list[str]) -> list[dict[str, Any]]:

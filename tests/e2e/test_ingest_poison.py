@@ -58,13 +58,6 @@ def ingest(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @pytest.fixture
-async def conn(ingest: Ingest) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(ingest.database_url)
-    yield c
-    await c.close()
-
-
-@pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=60) as c:
         yield c
