@@ -147,19 +147,17 @@ def all_ward_metrics(
                 add(ward_id, "expected")
             if encounter.on_leave and encounter.on_leave.value:
                 add(ward_id, "on_leave")
-        elif state_name == "discharged" and midnight <= encounter.status.stamp[0] <= now:
-            add(ward_id, "discharges")
+        elif state_name == "discharged":
+            if encounter.since is not None and midnight <= encounter.since <= now:
+                add(ward_id, "discharges")
         if state_name != "cancelled":
-            for at, admitted_to in encounter.admitted.values():
+            for at, admitted_to in encounter.admissions():
                 if midnight <= at <= now:
                     add(admitted_to, "admissions")
-        if encounter.transfers:
-            for at, from_ward, to_ward in _effective_transfers(
-                encounter.transfers, encounter.transfer_cancels
-            ):
-                if midnight <= at <= now:
-                    add(to_ward, "moved_in")
-                    add(from_ward, "moved_out")
+        for at, from_ward, to_ward in encounter.moves:  # transfers not cancelled (A12)
+            if midnight <= at <= now:
+                add(to_ward, "moved_in")
+                add(from_ward, "moved_out")
     return {w.id: _ward_figures(state, w, flows[w.id]) for w in chosen}
 
 
@@ -194,19 +192,6 @@ def _ward_figures(state: SiteState, ward: Ward, flow: dict[str, int]) -> WardMet
         expected_discharges_today=flow["expected"],
         on_leave=flow["on_leave"],
     )
-
-
-def _effective_transfers(
-    transfers: dict[bytes, tuple[datetime, str | None, str | None]], cancels: dict[bytes, datetime]
-) -> list[tuple[datetime, str | None, str | None]]:
-    """Transfers not undone: each A12 cancels the latest transfer at or before it."""
-    remaining = sorted(transfers.items(), key=lambda item: (item[1][0], item[0]))
-    for cancelled_at in sorted(cancels.values()):
-        for index in range(len(remaining) - 1, -1, -1):
-            if remaining[index][1][0] <= cancelled_at:
-                del remaining[index]
-                break
-    return [value for _, value in remaining]
 
 
 def site_metrics(state: SiteState, now: datetime, wards: Iterable[WardMetrics] | None = None) -> SiteMetrics:

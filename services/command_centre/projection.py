@@ -40,9 +40,19 @@ from shared.topics import state_key
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: encounters keep a timeline; stays' bed writes held apart until settled
 HISTORY_INTERVAL = timedelta(minutes=1)
-_REGISTERS = ("beds", "ncr", "encounters", "attendances", "handovers", "unmapped_locations", "applied")
+_REGISTERS = (
+    "beds",
+    "ncr",
+    "encounters",
+    "bed_writes",
+    "ncr_writes",
+    "attendances",
+    "handovers",
+    "unmapped_locations",
+    "applied",
+)
 # Why an event was set aside unapplied (the consumer counts them by these names).
 UNKNOWN_SITE = "unknown_site"  # not a site of the organisation model
 NOT_OWNED = "not_owned"  # a site another replica owns: its partitions were split between replicas

@@ -1,15 +1,22 @@
 """The live state of one site: beds, inpatient encounters, ED attendances and ambulance handovers.
 
-Pure domain, no I/O. Every piece of state is a last-writer-wins register ordered by the source's
-event time (ties broken by event id), or a set keyed by event id, so applying the same events in
-any order, with any duplicates, gives the same state. Metrics are computed from it in metrics.py.
+Pure domain, no I/O. Beds, ED attendances and handovers are last-writer-wins registers ordered by
+the source's event time (ties broken by event id). An inpatient encounter keeps its events as a
+short timeline in that same order, and where the patient is, what the stay counts for and what it
+wrote to beds are replayed from the timeline, so a late event takes its place in time. Applying the
+same events in any order, with any duplicates, gives the same state. Metrics are computed from it
+in metrics.py.
 """
 
 from __future__ import annotations
 
+import bisect
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from enum import StrEnum
+from typing import Any, NamedTuple
 
 from shared.events import (
     AdmissionCancelled,
@@ -43,7 +50,17 @@ from shared.organisation import Site
 Stamp = tuple[datetime, bytes]
 """Order of writes: the source's event time, then the event id to break ties."""
 
-HISTORY = timedelta(days=8)  # enough for "same day last week" comparisons
+Write = tuple[Stamp, Any]
+"""A value written to a bed (its status, or its no-criteria-to-reside flag), and when."""
+
+Move = tuple[datetime, str | None, str | None]
+"""A transfer not since cancelled: when, from which ward, to which ward."""
+
+HISTORY = timedelta(days=8)  # enough for "same day last week" comparisons; a finished stay's tombstone
+SETTLE_AFTER = timedelta(days=2)
+"""How long an encounter's events stay in its timeline, each placeable against a late one. Older
+events are settled into one summary: no figure counts them any more (they are before yesterday),
+and a patient event dated before the summary is too late to place (docs/metrics.md)."""
 
 
 def stamp_of(envelope: Envelope) -> Stamp:
@@ -72,14 +89,132 @@ def _offer(registers: dict[str, Register], key: str, value: Any, stamp: Stamp) -
     return current.offer(value, stamp)
 
 
+class Step(StrEnum):
+    """What an encounter event does to where the patient is (`ward`, `bed`: the location it states).
+
+    admitted (A01/A06), discharge_cancelled (A13), swapped (A17): into the location.
+    transferred (A02): into the location, from `prior_*` (PV1-6) if stated, else from where they were.
+    discharged (A03/A07), admission_cancelled (A11): out of the location if stated, and of where
+    they were. transfer_cancelled (A12): back into the location, out of `prior_bed` (the cancelled
+    transfer's) and of where they were. updated (A08): an admitted patient's location and flag.
+    """
+
+    admitted = "admitted"
+    transferred = "transferred"
+    discharged = "discharged"
+    admission_cancelled = "admission_cancelled"
+    transfer_cancelled = "transfer_cancelled"
+    discharge_cancelled = "discharge_cancelled"
+    swapped = "swapped"
+    updated = "updated"
+
+
+class Fact(NamedTuple):
+    """One event of an encounter's timeline, reduced to what placing the patient needs."""
+
+    stamp: Stamp
+    step: Step
+    ward: str | None = None  # the location stated (None: not stated, or not mapped)
+    bed: str | None = None
+    prior_ward: str | None = None  # A02: the previous location (PV1-6) when stated
+    prior_bed: str | None = None  # A02: likewise; A12: the location of the cancelled transfer
+    ncr: bool | None = None  # A08: no criteria to reside, when stated
+
+
+class Settled(NamedTuple):
+    """The settled start of a timeline: where its events, folded, left the patient."""
+
+    stamp: Stamp  # of the last event folded in: anything dated before is too late to place
+    status: str
+    ward: str | None
+    bed: str | None
+    since: datetime | None
+
+
+class Placement(NamedTuple):
+    """A timeline replayed: where the patient is, and what the stay wrote to beds."""
+
+    status: str  # none / active / discharged / cancelled
+    ward: str | None
+    bed: str | None
+    since: datetime | None  # when the status was last set: a discharge's time
+    moves: tuple[Move, ...]
+    beds: dict[str, Write]  # bed → the last status this stay gave it
+    ncr: dict[str, Write]  # bed → the last no-criteria-to-reside flag this stay gave it
+
+    def counted(self) -> tuple[Any, ...]:
+        """What the ward figures count of the stay (all but its writes to beds)."""
+        return (self.status, self.ward, self.bed, self.since, self.moves)
+
+
+def replay(settled: Settled | None, facts: Iterable[Fact]) -> Placement:
+    """Fold a timeline in (event time, event id) order.
+
+    A patient holds one bed at a time: entering a bed frees the one held before, and leaving a bed
+    clears its no-criteria-to-reside flag. An event that names no origin (an A02 without PV1-6, an
+    A03 or A11 without a location) leaves from where the earlier events put the patient. An A08
+    describes an admitted patient: it moves one, but never admits nor brings back a patient.
+    """
+    status, ward, bed, since = "none", None, None, None
+    if settled is not None:
+        status, ward, bed, since = settled.status, settled.ward, settled.bed, settled.since
+    moves: list[Move] = []
+    beds: dict[str, Write] = {}
+    ncr: dict[str, Write] = {}
+
+    def leave(bed_id: str | None, stamp: Stamp) -> None:
+        if bed_id is not None:
+            beds[bed_id] = (stamp, BedStatus.unoccupied)
+            ncr[bed_id] = (stamp, False)
+
+    for fact in facts:
+        stamp, step = fact.stamp, fact.step
+        if step is Step.updated:
+            if status != "active":
+                continue
+            # a ward-only location in the patient's own ward says nothing new about the bed
+            if fact.ward is not None and (fact.bed is not None or fact.ward != ward):
+                if fact.bed != bed:
+                    leave(bed, stamp)
+                ward, bed = fact.ward, fact.bed
+                if bed is not None:
+                    beds[bed] = (stamp, BedStatus.occupied)
+            if fact.ncr is not None and bed is not None:
+                ncr[bed] = (stamp, fact.ncr)
+            continue
+        if step is Step.discharged or step is Step.admission_cancelled:
+            leave(fact.bed, stamp)
+            if bed != fact.bed:
+                leave(bed, stamp)
+            status = "discharged" if step is Step.discharged else "cancelled"
+            ward = fact.ward if fact.ward is not None else ward
+            bed, since = None, stamp[0]
+            continue
+        if step is Step.transferred:
+            moves.append((stamp[0], fact.prior_ward if fact.prior_ward is not None else ward, fact.ward))
+        elif step is Step.transfer_cancelled and moves:
+            moves.pop()  # an A12 undoes the latest transfer before it
+        if fact.prior_bed != fact.bed:
+            leave(fact.prior_bed, stamp)
+        if bed != fact.bed and bed != fact.prior_bed:
+            leave(bed, stamp)
+        if fact.bed is not None:
+            beds[fact.bed] = (stamp, BedStatus.occupied)
+        status, ward, bed, since = "active", fact.ward, fact.bed, stamp[0]
+    return Placement(status, ward, bed, since, tuple(moves), beds, ncr)
+
+
 @dataclass(slots=True)
 class Encounter:
-    """An inpatient stay. `status` and `location` move together in one register."""
+    """An inpatient stay: its timeline, and the placement last replayed from it."""
 
-    status: Register  # value: (status, ward_id | None, bed_id | None)
-    admitted: dict[bytes, tuple[datetime, str | None]] = field(default_factory=dict)  # event → (at, ward)
-    transfers: dict[bytes, tuple[datetime, str | None, str | None]] = field(default_factory=dict)
-    transfer_cancels: dict[bytes, datetime] = field(default_factory=dict)
+    facts: list[Fact] = field(default_factory=list)  # by stamp, one per event
+    settled: Settled | None = None
+    status: str = "none"  # the placement, kept for reading (see `Placement`)
+    ward_id: str | None = None
+    bed_id: str | None = None
+    since: datetime | None = None
+    moves: tuple[Move, ...] = ()
     specialty: Register | None = None
     expected_discharge: Register | None = None
     on_leave: Register | None = None
@@ -88,20 +223,22 @@ class Encounter:
     @property
     def state(self) -> str:
         """active / discharged / cancelled; `preadmitted` while only a pre-admission is known."""
-        state = str(self.status.value[0])
-        return "preadmitted" if state == "none" and self.planned is not None else state
+        return "preadmitted" if self.status == "none" and self.planned is not None else self.status
 
     @property
     def pending_ward(self) -> str | None:
         return self.planned.value if self.planned is not None and self.state == "preadmitted" else None
 
-    @property
-    def ward_id(self) -> str | None:
-        return self.status.value[1]  # type: ignore[no-any-return]
+    def admissions(self) -> Iterator[tuple[datetime, str | None]]:
+        """(when, into which ward) of each admission still in the timeline."""
+        return ((f.stamp[0], f.ward) for f in self.facts if f.step is Step.admitted)
 
-    @property
-    def bed_id(self) -> str | None:
-        return self.status.value[2]  # type: ignore[no-any-return]
+    def replay(self) -> Placement:
+        return replay(self.settled, self.facts)
+
+    def adopt(self, placement: Placement) -> None:
+        self.status, self.ward_id, self.bed_id = placement.status, placement.ward, placement.bed
+        self.since, self.moves = placement.since, placement.moves
 
 
 @dataclass(slots=True)
@@ -140,9 +277,12 @@ _MILESTONES: dict[type, str] = {
 class SiteState:
     site: Site
     system_id: str
-    beds: dict[str, Register] = field(default_factory=dict)  # bed → BedStatus
-    ncr: dict[str, Register] = field(default_factory=dict)  # bed → bool
+    beds: dict[str, Register] = field(default_factory=dict)  # bed → BedStatus: bed events, settled stays
+    ncr: dict[str, Register] = field(default_factory=dict)  # bed → bool, likewise
     encounters: dict[str, Encounter] = field(default_factory=dict)
+    # bed → encounter → the last write of the stay's replayed timeline, until the stay is settled
+    bed_writes: dict[str, dict[str, Write]] = field(default_factory=dict)
+    ncr_writes: dict[str, dict[str, Write]] = field(default_factory=dict)
     attendances: dict[str, Attendance] = field(default_factory=dict)
     handovers: dict[str, Handover] = field(default_factory=dict)
     unmapped_locations: int = 0
@@ -164,52 +304,36 @@ class SiteState:
             case BedNcrChanged():
                 return self._ncr(payload.bed_id, payload.no_criteria_to_reside, stamp)
             case PatientAdmitted():
-                encounter = self._encounter(payload.encounter_id, stamp)
-                encounter.admitted[stamp[1]] = (at, payload.location.ward_id)
+                encounter = self._encounter(payload.encounter_id)
                 if payload.specialty:
                     encounter.specialty = _max_register(encounter.specialty, payload.specialty, stamp)
-                return self._place(encounter, "active", payload.location, stamp)
+                return self._record(
+                    payload.encounter_id, Fact(stamp, Step.admitted, *self._place(payload.location))
+                )
             case PatientTransferred():
-                encounter = self._encounter(payload.encounter_id, stamp)
-                previous = payload.previous if payload.previous and payload.previous.mapped else None
-                from_ward = previous.ward_id if previous else encounter.ward_id
-                encounter.transfers[stamp[1]] = (at, from_ward, payload.location.ward_id)
-                changed = self._vacate(previous.bed_id if previous else encounter.bed_id, stamp)
-                return changed | self._place(encounter, "active", payload.location, stamp)
+                to, prior = self._place(payload.location), self._where(payload.previous)
+                return self._record(payload.encounter_id, Fact(stamp, Step.transferred, *to, *prior))
             case PatientDischarged():
-                encounter = self._encounter(payload.encounter_id, stamp)
-                location = payload.location if payload.location and payload.location.mapped else None
-                ward = location.ward_id if location else encounter.ward_id
-                bed = location.bed_id if location else encounter.bed_id
-                changed = self._vacate(bed, stamp)
-                encounter.status.offer(("discharged", ward, None), stamp)
-                return changed | {ward or ""}
+                location = self._where(payload.location)
+                return self._record(payload.encounter_id, Fact(stamp, Step.discharged, *location))
             case AdmissionCancelled():
-                encounter = self._encounter(payload.encounter_id, stamp)
-                location = payload.location if payload.location and payload.location.mapped else None
-                bed = location.bed_id if location else encounter.bed_id
-                ward = location.ward_id if location else encounter.ward_id
-                changed = self._vacate(bed, stamp)
-                encounter.status.offer(("cancelled", ward, None), stamp)
-                return changed | {ward or ""}
+                location = self._where(payload.location)
+                return self._record(payload.encounter_id, Fact(stamp, Step.admission_cancelled, *location))
             case TransferCancelled():
-                encounter = self._encounter(payload.encounter_id, stamp)
-                encounter.transfer_cancels[stamp[1]] = at
-                cancelled = payload.cancelled_location
-                undone_bed = cancelled.bed_id if cancelled and cancelled.mapped else encounter.bed_id
-                changed = self._vacate(undone_bed, stamp) if undone_bed != payload.location.bed_id else set()
-                return changed | self._place(encounter, "active", payload.location, stamp)
+                back, (_, undone) = self._place(payload.location), self._where(payload.cancelled_location)
+                fact = Fact(stamp, Step.transfer_cancelled, *back, prior_bed=undone)
+                return self._record(payload.encounter_id, fact)
             case DischargeCancelled():
-                encounter = self._encounter(payload.encounter_id, stamp)
-                return self._place(encounter, "active", payload.location, stamp)
+                back = self._place(payload.location)
+                return self._record(payload.encounter_id, Fact(stamp, Step.discharge_cancelled, *back))
             case PatientsSwapped():
                 swapped: set[str] = set()
                 for side in (payload.first, payload.second):
-                    encounter = self._encounter(side.encounter_id, stamp)
-                    swapped |= self._place(encounter, "active", side.location, stamp)
+                    fact = Fact(stamp, Step.swapped, *self._place(side.location))
+                    swapped |= self._record(side.encounter_id, fact)
                 return swapped
             case PatientUpdated():
-                encounter = self._encounter(payload.encounter_id, stamp)
+                encounter = self._encounter(payload.encounter_id)
                 changed = set()
                 if payload.specialty:
                     encounter.specialty = _max_register(encounter.specialty, payload.specialty, stamp)
@@ -219,27 +343,21 @@ class SiteState:
                         encounter.expected_discharge, payload.expected_discharge, stamp
                     )
                     changed.add(encounter.ward_id or "")
-                if payload.location is not None and payload.location.mapped:
-                    changed |= self._place(
-                        encounter,
-                        encounter.state if encounter.state != "none" else "active",
-                        payload.location,
-                        stamp,
-                    )
-                bed = (payload.location.bed_id if payload.location else None) or encounter.bed_id
-                if payload.no_criteria_to_reside is not None and bed:
-                    changed |= self._ncr(bed, payload.no_criteria_to_reside, stamp)
+                ward, bed = self._where(payload.location)
+                if ward is not None or payload.no_criteria_to_reside is not None:
+                    fact = Fact(stamp, Step.updated, ward, bed, ncr=payload.no_criteria_to_reside)
+                    changed |= self._record(payload.encounter_id, fact)
                 return changed
             case PatientPreadmitted():
-                encounter = self._encounter(payload.encounter_id, stamp)
+                encounter = self._encounter(payload.encounter_id)
                 if payload.specialty:
                     encounter.specialty = _max_register(encounter.specialty, payload.specialty, stamp)
-                # kept apart from the status, so an admission wins whichever arrives first
+                # kept apart from the timeline, so an admission wins whichever is dated first
                 ward = payload.location.ward_id if payload.location else None
                 encounter.planned = _max_register(encounter.planned, ward, stamp)
                 return {payload.location.ward_id or ""} if payload.location else {""}
             case LeaveOfAbsence():
-                encounter = self._encounter(payload.encounter_id, stamp)
+                encounter = self._encounter(payload.encounter_id)
                 encounter.on_leave = _max_register(encounter.on_leave, payload.state == "started", stamp)
                 return {encounter.ward_id or ""}
             case TemporaryMove():
@@ -266,32 +384,88 @@ class SiteState:
                 return {""}
         return set()
 
-    def _encounter(self, encounter_id: str, stamp: Stamp) -> Encounter:
+    def _encounter(self, encounter_id: str) -> Encounter:
         encounter = self.encounters.get(encounter_id)
         if encounter is None:
-            # the weakest possible write, so any real event supersedes it
-            encounter = Encounter(
-                status=Register(("none", None, None), (datetime.min.replace(tzinfo=stamp[0].tzinfo), b""))
-            )
-            self.encounters[encounter_id] = encounter
+            encounter = self.encounters[encounter_id] = Encounter()
         return encounter
 
-    def _place(self, encounter: Encounter, status: str, location: Location, stamp: Stamp) -> set[str]:
+    def _where(self, location: Location | None) -> tuple[str | None, str | None]:
+        """A stated location as (ward, bed); None where not stated or not mapped. A bed the
+        organisation model does not hold is counted as unmapped and left out."""
+        if location is None or location.ward_id is None:
+            return None, None
+        bed = location.bed_id
+        if bed is not None and bed not in self.ward_of_bed:
+            self.unmapped_locations += 1
+            bed = None
+        # one string per ward and bed however many events name it
+        return sys.intern(location.ward_id), sys.intern(bed) if bed is not None else None
+
+    def _place(self, location: Location) -> tuple[str | None, str | None]:
+        """Where an event puts a patient: as `_where`, and an unmapped location is counted."""
         if not location.mapped:
             self.unmapped_locations += 1
-        previous_ward = encounter.ward_id
-        # The bed is written whether or not this is the encounter's latest news: the bed's own
-        # register orders it against everything else that happened to that bed.
-        changed = self._bed(location.bed_id, BedStatus.occupied, stamp) if location.bed_id else set()
-        if encounter.status.offer((status, location.ward_id, location.bed_id), stamp):
-            changed |= {previous_ward or "", location.ward_id or ""}
+        return self._where(location)
+
+    def _record(self, encounter_id: str, fact: Fact) -> set[str]:
+        """Put an event in its encounter's timeline; replay it and apply what changed."""
+        encounter = self._encounter(encounter_id)
+        if encounter.settled is not None and fact.stamp <= encounter.settled.stamp:
+            return set()  # dated before the settled part of the stay: too late to place
+        facts = encounter.facts
+        index = bisect.bisect_left(facts, fact.stamp, key=_stamp)
+        if index < len(facts) and facts[index].stamp == fact.stamp:
+            return set()  # a duplicate
+        before = encounter.replay()
+        facts.insert(index, fact)
+        after = encounter.replay()
+        encounter.adopt(after)
+        changed = self._rewrite(encounter_id, before, after)
+        if before.counted() != after.counted() or fact.step is Step.admitted:
+            changed |= _mentioned(encounter, before) | _mentioned(encounter, after)
         return changed
 
-    def _vacate(self, bed_id: str | None, stamp: Stamp) -> set[str]:
-        """A bed given up: unoccupied, and its no-criteria-to-reside flag goes with the patient."""
-        if not bed_id:
-            return set()
-        return self._bed(bed_id, BedStatus.unoccupied, stamp) | self._ncr(bed_id, False, stamp)
+    def _rewrite(self, encounter_id: str, before: Placement, after: Placement) -> set[str]:
+        """Replace a stay's writes to beds by those of its new replay; the wards of the beds concerned."""
+        changed = set()
+        for writes, old, new in (
+            (self.bed_writes, before.beds, after.beds),
+            (self.ncr_writes, before.ncr, after.ncr),
+        ):
+            for bed_id in old.keys() | new.keys():
+                write = new.get(bed_id)
+                if write == old.get(bed_id):
+                    continue
+                held = writes.setdefault(bed_id, {})
+                if write is None:
+                    del held[encounter_id]
+                    if not held:
+                        del writes[bed_id]
+                else:
+                    held[encounter_id] = write
+                changed.add(self.ward_of_bed[bed_id])
+        return changed
+
+    def _settle(self, encounter_id: str, encounter: Encounter, before: datetime | None) -> None:
+        """Fold the events dated before `before` (all when None) into the timeline's settled start,
+        and what they wrote to beds into the beds' registers, where it no longer changes."""
+        facts = encounter.facts
+        cut = len(facts) if before is None else bisect.bisect_left(facts, before, key=_time)
+        if cut == 0:
+            return
+        whole = encounter.replay()
+        head = replay(encounter.settled, facts[:cut])
+        for registers, writes in ((self.beds, head.beds), (self.ncr, head.ncr)):
+            for bed_id, write in writes.items():
+                current = registers.get(bed_id)
+                if current is None or _later(write, (current.stamp, current.value)):
+                    registers[bed_id] = Register(write[1], write[0])
+        encounter.settled = Settled(facts[cut - 1].stamp, head.status, head.ward, head.bed, head.since)
+        del facts[:cut]
+        rest = encounter.replay()
+        encounter.adopt(rest)
+        self._rewrite(encounter_id, whole, rest)
 
     def _bed(self, bed_id: str, status: BedStatus, stamp: Stamp) -> set[str]:
         ward = self.ward_of_bed.get(bed_id)
@@ -322,15 +496,19 @@ class SiteState:
 
     # ---- reading ---------------------------------------------------------------------------
     def bed_status(self, bed_id: str) -> BedStatus:
-        register = self.beds.get(bed_id)
-        return register.value if register is not None else BedStatus.unoccupied
+        status = _last(self.beds.get(bed_id), self.bed_writes.get(bed_id))
+        return status if status is not None else BedStatus.unoccupied
 
     def has_ncr(self, bed_id: str) -> bool:
-        register = self.ncr.get(bed_id)
-        return bool(register.value) if register is not None else False
+        return bool(_last(self.ncr.get(bed_id), self.ncr_writes.get(bed_id)))
 
     def prune(self, now: datetime) -> int:
-        """Forget what no metric needs any more: ED and handovers older than a week, old discharges."""
+        """Forget what no metric needs any more: ED and handovers older than a week; encounters'
+        events older than SETTLE_AFTER are settled, and a stay over for HISTORY is forgotten.
+
+        A finished stay is kept (settled, a few hundred bytes) for HISTORY rather than dropped, so
+        that an event dated before its end, arriving late, cannot bring the patient back.
+        """
         horizon = now - HISTORY
         removed = 0
         for attendance_id, attendance in list(self.attendances.items()):
@@ -344,12 +522,47 @@ class SiteState:
                 del self.handovers[handover_id]
                 removed += 1
         for encounter_id, encounter in list(self.encounters.items()):
-            if encounter.state in ("discharged", "cancelled") and encounter.status.stamp[0] < now - timedelta(
-                days=2
-            ):
+            if encounter.facts and encounter.facts[0].stamp[0] < now - SETTLE_AFTER:
+                self._settle(encounter_id, encounter, now - SETTLE_AFTER)
+            finished = encounter.status in ("discharged", "cancelled")
+            if finished and encounter.since is not None and encounter.since < horizon:
+                self._settle(encounter_id, encounter, None)
                 del self.encounters[encounter_id]
                 removed += 1
         return removed
+
+
+def _stamp(fact: Fact) -> Stamp:
+    return fact.stamp
+
+
+def _time(fact: Fact) -> datetime:
+    return fact.stamp[0]
+
+
+def _later(write: Write, than: Write) -> bool:
+    """Whether `write` is the later one. Two stays write at the same instant only in an A17 swap,
+    where one patient leaves the bed the other enters: the patient entering wins."""
+    return write[0] > than[0] or (write[0] == than[0] and write[1] is BedStatus.occupied)
+
+
+def _last(register: Register | None, writes: dict[str, Write] | None) -> Any:
+    """The latest value a bed was given: by its own events and settled stays, or by a stay's replay."""
+    last = (register.stamp, register.value) if register is not None else None
+    for write in writes.values() if writes else ():
+        if last is None or _later(write, last):
+            last = write
+    return last[1] if last is not None else None
+
+
+def _mentioned(encounter: Encounter, placement: Placement) -> set[str]:
+    """The wards whose figures a placement of the encounter counts in ("" for none)."""
+    wards = {placement.ward or ""}
+    wards.update(ward or "" for _, *ends in placement.moves for ward in ends)
+    wards.update(ward or "" for _, ward in encounter.admissions())
+    if encounter.planned is not None:
+        wards.add(encounter.planned.value or "")
+    return wards
 
 
 def _max_register(register: Register | None, value: Any, stamp: Stamp) -> Register:

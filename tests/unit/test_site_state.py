@@ -1,5 +1,6 @@
 """A site's live state: last-writer-wins registers ordered by (event time, event id), patient
-movements written into bed occupancy, and the same picture whatever order events arrive in."""
+timelines replayed into bed occupancy and ward movements, and the same picture whatever order
+events arrive in, with duplicates and redeliveries, and across a prune."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.command_centre.metrics import site_metrics, ward_metrics
-from services.command_centre.site_state import SiteState
+from services.command_centre.site_state import SETTLE_AFTER, SiteState
 from shared.events import (
     AdmissionCancelled,
     AmbulanceArrived,
@@ -37,6 +38,7 @@ from shared.events import (
     PatientPreadmitted,
     PatientsSwapped,
     PatientTransferred,
+    PatientUpdated,
     Payload,
     SwapSide,
     TemporaryMove,
@@ -367,12 +369,14 @@ HANDOVERS = ("amb-1", "amb-2")
 PROPERTY_NOW = datetime(2026, 2, 3, 12, 0, tzinfo=UTC)
 TIMES = (
     datetime(2026, 1, 27, 8, 0, tzinfo=UTC),  # the same morning last week
+    datetime(2026, 1, 31, 9, 0, tzinfo=UTC),  # before SETTLE_AFTER: settled by a prune at `now`
     datetime(2026, 2, 2, 22, 0, tzinfo=UTC),  # yesterday evening
     datetime(2026, 2, 3, 0, 30, tzinfo=UTC),
     datetime(2026, 2, 3, 6, 0, tzinfo=UTC),
     datetime(2026, 2, 3, 11, 40, tzinfo=UTC),
     datetime(2026, 2, 3, 13, 0, tzinfo=UTC),  # after `now`
 )
+UNMAPPED = Location(pas_code="ZZ9^B1^1^RXN01")
 
 beds = st.sampled_from(PROPERTY_BEDS)
 encounters = st.sampled_from(ENCOUNTERS)
@@ -380,6 +384,12 @@ attendances = st.sampled_from(ATTENDANCES)
 handovers = st.sampled_from(HANDOVERS)
 times = st.sampled_from(TIMES)
 specialties = st.sampled_from([None, "acute medicine", "critical care", "cardiology"])
+bed_locations = beds.map(loc)
+ward_locations = st.sampled_from([AMU, ITU]).map(lambda ward: Location(ward_id=ward, pas_code=ward))
+locations = st.one_of(bed_locations, st.just(UNMAPPED))
+stated = st.one_of(st.none(), bed_locations, ward_locations, st.just(UNMAPPED))  # an optional location
+flags = st.one_of(st.none(), st.booleans())
+dates = st.one_of(st.none(), st.sampled_from([PROPERTY_NOW.date(), PROPERTY_NOW.date() + timedelta(days=1)]))
 
 
 def _bed_status(bed_id: str, status: BedStatus) -> BedStatusChanged:
@@ -390,24 +400,40 @@ def _ncr(bed_id: str, flag: bool) -> BedNcrChanged:
     return BedNcrChanged(ward_id=ward_of(bed_id), bed_id=bed_id, no_criteria_to_reside=flag)
 
 
-def _admitted(encounter: str, bed_id: str, specialty: str | None) -> PatientAdmitted:
-    return PatientAdmitted(encounter_id=encounter, location=loc(bed_id), specialty=specialty)
-
-
-def _transferred(encounter: str, bed_id: str, previous: str) -> PatientTransferred:
-    return PatientTransferred(encounter_id=encounter, location=loc(bed_id), previous=loc(previous))
-
-
-def _discharged(encounter: str, bed_id: str) -> PatientDischarged:
-    return PatientDischarged(encounter_id=encounter, location=loc(bed_id))
+def _swapped(pair: list[str], first: Location, second: Location) -> PatientsSwapped:
+    return PatientsSwapped(
+        first=SwapSide(encounter_id=pair[0], location=first),
+        second=SwapSide(encounter_id=pair[1], location=second),
+    )
 
 
 payloads = st.one_of(
     st.builds(_bed_status, beds, st.sampled_from(list(BedStatus))),
     st.builds(_ncr, beds, st.booleans()),
-    st.builds(_admitted, encounters, beds, specialties),
-    st.builds(_transferred, encounters, beds, beds),
-    st.builds(_discharged, encounters, beds),
+    # every patient event SiteState.apply handles, with and without the locations they may state
+    st.builds(PatientAdmitted, encounter_id=encounters, location=locations, specialty=specialties),
+    st.builds(PatientTransferred, encounter_id=encounters, location=locations, previous=stated),
+    st.builds(PatientDischarged, encounter_id=encounters, location=stated),
+    st.builds(AdmissionCancelled, encounter_id=encounters, location=stated),
+    st.builds(TransferCancelled, encounter_id=encounters, location=locations, cancelled_location=stated),
+    st.builds(DischargeCancelled, encounter_id=encounters, location=locations),
+    st.builds(_swapped, st.permutations(ENCOUNTERS), locations, locations),
+    st.builds(
+        PatientUpdated,
+        encounter_id=encounters,
+        location=stated,
+        specialty=specialties,
+        no_criteria_to_reside=flags,
+        expected_discharge=dates,
+    ),
+    st.builds(PatientPreadmitted, encounter_id=encounters, location=st.one_of(st.none(), ward_locations)),
+    st.builds(LeaveOfAbsence, encounter_id=encounters, state=st.sampled_from(["started", "ended"])),
+    st.builds(
+        TemporaryMove,
+        encounter_id=encounters,
+        direction=st.sampled_from(["departed", "arrived"]),
+        temporary_location=st.one_of(st.none(), bed_locations),
+    ),
     st.builds(EdArrived, attendance_id=attendances, mode=st.sampled_from(["ambulance", "walk_in", "other"])),
     st.builds(EdAssessed, attendance_id=attendances, acuity=st.integers(1, 5)),
     st.builds(EdSeen, attendance_id=attendances),
@@ -421,28 +447,62 @@ payloads = st.one_of(
 envelopes = st.builds(event, payloads, times, st.uuids())
 
 
-def observable(state: SiteState) -> dict[str, Any]:
+def observable(state: SiteState, now: datetime = PROPERTY_NOW) -> dict[str, Any]:
+    """What the command centre shows at `now`: every bed, and the ward and site figures."""
     return {
-        "wards": {w.id: ward_metrics(state, w, PROPERTY_NOW).model_dump() for w in SITE.wards},
-        "site": site_metrics(state, PROPERTY_NOW).model_dump(),
+        "beds": {b.id: (state.bed_status(b.id), state.has_ncr(b.id)) for w in SITE.wards for b in w.bed_list},
+        "wards": {w.id: ward_metrics(state, w, now).model_dump() for w in SITE.wards},
+        "site": site_metrics(state, now).model_dump(),
     }
+
+
+def some_of(data: st.DataObject, events: list[Envelope], at_most: int) -> list[Envelope]:
+    """Some of the events again: duplicates, redeliveries."""
+    return data.draw(st.lists(st.sampled_from(events), max_size=at_most), label="again") if events else []
+
+
+def placements(state: SiteState) -> dict[str, tuple[Any, ...]]:
+    return {k: (e.state, e.ward_id, e.bed_id, e.since, e.moves) for k, e in state.encounters.items()}
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_order_with_any_duplicates_gives_the_same_picture(data: st.DataObject) -> None:
+    """Applying events once in one order, or shuffled with duplicates and redeliveries, gives the
+    same beds, ward and site figures, and the same place for every patient.
+
+    Every event type is drawn, with and without the locations it may state (an A02 without PV1-6
+    or an A03 without a location leaves from where the patient's earlier events put them). Times
+    come from a small set, so many events tie on time and are ordered by their event id.
+    """
+    events = data.draw(st.lists(envelopes, max_size=30), label="events")
+    shuffled = data.draw(st.permutations(events + some_of(data, events, 10)), label="arrival order")
+    redelivered = some_of(data, events, 5)
+
+    in_order, reordered = new_state(*events), new_state(*shuffled, *redelivered)
+
+    assert observable(reordered) == observable(in_order)
+    assert placements(reordered) == placements(in_order)
 
 
 @settings(max_examples=200, deadline=None)
 @given(data=st.data())
-def test_any_order_with_any_duplicates_gives_the_same_picture(data: st.DataObject) -> None:
-    """Applying events once in one order, or shuffled with duplicates, gives equal ward and site metrics.
-
-    Transfers carry an explicit previous location (PV1-6) and discharges an explicit location
-    (PV1-3): without them the bed vacated is the encounter's current location, which depends on
-    what has arrived so far, so those events are order-dependent by nature and are left out here.
-    Times come from a small set, so many events tie on time and are ordered by their event id.
-    """
+def test_a_prune_between_deliveries_changes_no_figure(data: st.DataObject) -> None:
+    """Pruning at `now` settles what is older than SETTLE_AFTER: events delivered before the prune,
+    then events dated after its horizon (and redeliveries of anything), give the same picture as
+    all of them applied without a prune."""
+    horizon = PROPERTY_NOW - SETTLE_AFTER
     events = data.draw(st.lists(envelopes, max_size=30), label="events")
-    extra = data.draw(st.lists(st.sampled_from(events), max_size=10), label="duplicates") if events else []
-    shuffled = data.draw(st.permutations(events + extra), label="arrival order")
+    after = data.draw(st.lists(st.booleans(), min_size=len(events), max_size=len(events)), label="after")
+    late = [e for e, later in zip(events, after, strict=True) if later and e.occurred_at >= horizon]
+    early = data.draw(st.permutations([e for e in events if e not in late]), label="before the prune")
 
-    assert observable(new_state(*shuffled)) == observable(new_state(*events))
+    pruned = new_state(*early)
+    pruned.prune(PROPERTY_NOW)
+    for envelope in data.draw(st.permutations(late), label="after the prune") + some_of(data, events, 5):
+        pruned.apply(envelope)
+
+    assert observable(pruned) == observable(new_state(*events))
 
 
 def test_same_time_admission_and_transfer_give_the_same_beds_in_either_order() -> None:
@@ -490,3 +550,156 @@ def test_same_time_preadmission_and_admission_give_the_same_state_in_either_orde
     assert where(in_order, "e1") == where(reversed_order, "e1")
     assert in_order.bed_status(BED_A) == reversed_order.bed_status(BED_A)
     assert observable(in_order) == observable(reversed_order)
+
+
+# --- late patient events are placed where they belong in time ----------------------------------
+
+
+def both_orders(*envelopes: Envelope) -> tuple[SiteState, SiteState]:
+    return new_state(*envelopes), new_state(*reversed(envelopes))
+
+
+def beds_of(state: SiteState, *bed_ids: str) -> list[BedStatus]:
+    return [state.bed_status(b) for b in bed_ids]
+
+
+def test_an_update_after_the_discharge_does_not_bring_the_patient_back() -> None:
+    """An A08 dated after the A03 (a record updated after discharge) leaves the patient discharged
+    and the bed free, whether it arrives after the discharge or before it."""
+    updated = event(PatientUpdated(encounter_id="e1", location=loc(BED_A), specialty="cardiology"), T3)
+    in_order = new_state(admit("e1", BED_A, T1), discharge("e1", T2, BED_A), updated)
+    update_first = new_state(updated, admit("e1", BED_A, T1), discharge("e1", T2, BED_A))
+
+    for state in (in_order, update_first):
+        assert where(state, "e1") == ("discharged", AMU, None)
+        assert state.bed_status(BED_A) is BedStatus.unoccupied
+        assert ward_metrics(state, WARDS[AMU], NOW).discharges_today == 1
+    assert observable(in_order) == observable(update_first)
+
+
+def test_a_late_transfer_before_a_discharge_without_location_moves_the_discharge() -> None:
+    """A02 at T2 arriving after the A03 at T3 that names no location: the patient left from the
+    transfer's bed and ward, which end free and credited with the discharge."""
+    late = new_state(admit("e1", BED_A, T1), discharge("e1", T3), transfer("e1", BED_C, T2, from_bed=BED_A))
+    in_order = new_state(
+        admit("e1", BED_A, T1), transfer("e1", BED_C, T2, from_bed=BED_A), discharge("e1", T3)
+    )
+
+    assert where(late, "e1") == ("discharged", ITU, None)
+    assert beds_of(late, BED_A, BED_C) == [BedStatus.unoccupied, BedStatus.unoccupied]
+    amu, itu = ward_metrics(late, WARDS[AMU], NOW), ward_metrics(late, WARDS[ITU], NOW)
+    assert (amu.discharges_today, amu.transfers_out_today) == (0, 1)
+    assert (itu.discharges_today, itu.transfers_in_today, itu.counts["occupied"]) == (1, 1, 0)
+    assert observable(late) == observable(in_order)
+
+
+def test_a_transfer_without_previous_arriving_before_the_admission_leaves_from_the_admitted_bed() -> None:
+    """A02 (no PV1-6) at T2 arriving before the A01 at T1: the admitted bed is vacated and the
+    admitting ward credited with the transfer out, as when they arrive in order."""
+    early, in_order = both_orders(transfer("e1", BED_C, T2), admit("e1", BED_A, T1))
+
+    assert where(early, "e1") == ("active", ITU, BED_C)
+    assert beds_of(early, BED_A, BED_C) == [BedStatus.unoccupied, BedStatus.occupied]
+    assert ward_metrics(early, WARDS[AMU], NOW).transfers_out_today == 1
+    assert ward_metrics(early, WARDS[ITU], NOW).transfers_in_today == 1
+    assert observable(early) == observable(in_order)
+
+
+def test_a_late_older_update_after_prune_does_not_resurrect_a_discharged_patient() -> None:
+    """Pruning forgets a discharge's detail, not the discharge: an A08 dated before it, arriving
+    afterwards, changes nothing, as a rebuild from the whole log says."""
+    now = T1 + timedelta(days=5)
+    admitted, discharged = admit("e1", BED_A, T1), discharge("e1", T1 + timedelta(days=1), BED_A)
+    late = event(PatientUpdated(encounter_id="e1", location=loc(BED_A)), T1 + timedelta(hours=12))
+    live = new_state(admitted, discharged)
+    live.prune(now)
+    live.apply(late)
+    rebuilt = new_state(admitted, discharged, late)
+
+    assert live.encounters["e1"].state == "discharged"
+    assert live.bed_status(BED_A) is BedStatus.unoccupied
+    assert ward_metrics(live, WARDS[AMU], now).patients == 0
+    assert observable(live, now) == observable(rebuilt, now)
+
+
+def test_a_late_older_transfer_after_prune_is_too_late_to_place_and_changes_nothing() -> None:
+    """A settled, discharged stay is a tombstone: an A02 dated before its end, arriving after the
+    prune, does not put the patient back in a bed."""
+    now = T1 + timedelta(days=5)
+    admitted, discharged = admit("e1", BED_A, T1), discharge("e1", T1 + timedelta(days=1), BED_A)
+    late = transfer("e1", BED_C, T1 + timedelta(hours=12))
+    live = new_state(admitted, discharged)
+    live.prune(now)
+
+    assert live.apply(late) == set()
+    assert where(live, "e1") == ("discharged", AMU, None)
+    assert live.bed_status(BED_C) is BedStatus.unoccupied
+    assert observable(live, now) == observable(new_state(admitted, discharged, late), now)
+
+
+def test_a_stay_over_for_a_week_is_forgotten_and_a_late_update_does_not_admit_it_again() -> None:
+    now = T1 + timedelta(days=10)
+    state = new_state(admit("e1", BED_A, T1), discharge("e1", T1 + timedelta(days=1)))
+
+    assert state.prune(now) == 1
+    assert "e1" not in state.encounters and state.bed_writes == {}
+    assert state.bed_status(BED_A) is BedStatus.unoccupied  # settled into the bed's register
+
+    state.apply(event(PatientUpdated(encounter_id="e1", location=loc(BED_A)), T1 + timedelta(hours=3)))
+    assert state.encounters["e1"].state == "none"
+    assert state.bed_status(BED_A) is BedStatus.unoccupied
+    assert ward_metrics(state, WARDS[AMU], now).patients == 0
+
+
+def test_prune_settles_a_long_stay_without_changing_its_bed_or_figures() -> None:
+    now = T1 + timedelta(days=4)
+    events = [
+        admit("e1", BED_A, T1),
+        transfer("e1", BED_C, T1 + timedelta(days=1)),
+        event(PatientUpdated(encounter_id="e1", no_criteria_to_reside=True), T1 + timedelta(days=3)),
+    ]
+    state = new_state(*events)
+    before = observable(state, now)
+
+    state.prune(now)
+
+    encounter = state.encounters["e1"]
+    assert [f.step for f in encounter.facts] == ["updated"] and encounter.settled is not None
+    assert where(state, "e1") == ("active", ITU, BED_C)
+    assert (state.bed_status(BED_C), state.has_ncr(BED_C)) == (BedStatus.occupied, True)
+    assert observable(state, now) == before
+    state.apply(discharge("e1", now - timedelta(hours=1)))  # after the prune, placed as before
+    assert state.bed_status(BED_C) is BedStatus.unoccupied
+    assert ward_metrics(state, WARDS[ITU], now).discharges_today == 1
+
+
+def test_an_update_with_another_bed_moves_an_admitted_patient_and_frees_the_old_bed() -> None:
+    moved = event(PatientUpdated(encounter_id="e1", location=loc(BED_B)), T2)
+    in_order, reversed_order = both_orders(admit("e1", BED_A, T1), moved)
+
+    for state in (in_order, reversed_order):
+        assert where(state, "e1") == ("active", AMU, BED_B)
+        assert beds_of(state, BED_A, BED_B) == [BedStatus.unoccupied, BedStatus.occupied]
+
+
+def test_an_update_naming_only_the_patients_ward_keeps_their_bed() -> None:
+    ward_only = event(PatientUpdated(encounter_id="e1", location=Location(ward_id=AMU, pas_code="AMU")), T2)
+    state = new_state(admit("e1", BED_A, T1), ward_only, discharge("e1", T3))
+
+    assert where(state, "e1") == ("discharged", AMU, None)
+    assert state.bed_status(BED_A) is BedStatus.unoccupied
+
+
+def test_an_update_never_admits_a_patient() -> None:
+    """An A08 with a location for a pre-admitted or unknown encounter changes no bed nor count."""
+    planned = event(PatientPreadmitted(encounter_id="e1", location=Location(ward_id=AMU, pas_code="AMU")), T1)
+    updates = [
+        event(PatientUpdated(encounter_id=e, location=loc(bed), no_criteria_to_reside=True), T2)
+        for e, bed in (("e1", BED_A), ("e2", BED_B))
+    ]
+    state = new_state(planned, *updates)
+
+    assert [state.encounters[e].state for e in ("e1", "e2")] == ["preadmitted", "none"]
+    assert beds_of(state, BED_A, BED_B) == [BedStatus.unoccupied, BedStatus.unoccupied]
+    wm = ward_metrics(state, WARDS[AMU], NOW)
+    assert (wm.patients, wm.pending_admissions, wm.ncr_patients) == (0, 1, 0)
