@@ -280,7 +280,7 @@ def _ed_figures(state: SiteState, now: datetime) -> dict[str, object]:
             longest_dta = wait if longest_dta is None or wait > longest_dta else longest_dta
         elif seen is not None and seen <= now:
             stages["in_treatment"] += 1
-        elif attendance.at("assessed") is not None:
+        elif (assessed := attendance.at("assessed")) is not None and assessed <= now:
             stages["awaiting_treatment"] += 1
         else:
             stages["awaiting_assessment"] += 1

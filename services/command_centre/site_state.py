@@ -56,7 +56,9 @@ Write = tuple[Stamp, Any]
 Move = tuple[datetime, str | None, str | None]
 """A transfer not since cancelled: when, from which ward, to which ward."""
 
-HISTORY = timedelta(days=8)  # enough for "same day last week" comparisons; a finished stay's tombstone
+# Enough for "same time last week" (last week's day began at most 7 × 24 + 1 + 25 = 194 hours ago,
+# when a clock change falls between and today has 25 hours); also a finished stay's tombstone.
+HISTORY = timedelta(days=8, hours=3)
 SETTLE_AFTER = timedelta(days=2)
 """How long an encounter's events stay in its timeline, each placeable against a late one. Older
 events are settled into one summary: no figure counts them any more (they are before yesterday),

@@ -618,6 +618,26 @@ def test_attendance_variation_across_the_autumn_change() -> None:
     assert m.ed_attendance_variation_pct == 50.0
 
 
+def test_an_assessment_stamped_ahead_of_now_does_not_move_the_patient_on_yet() -> None:
+    # a source's clock may run a little ahead (ingest allows ICC_MAX_FUTURE_SKEW_SECONDS)
+    envelopes = attendance(
+        "early", NOW - timedelta(minutes=30), acuity=3, assessed=NOW + timedelta(minutes=2)
+    )
+    m = site_metrics(state_of(RXN01, envelopes), NOW)
+    assert (m.ed_awaiting_assessment, m.ed_awaiting_treatment) == (1, 0)
+    assert (site_metrics(state_of(RXN01, envelopes), NOW + timedelta(minutes=3)).ed_awaiting_treatment) == 1
+
+
+def test_last_weeks_first_hour_survives_pruning_in_the_week_after_the_autumn_change() -> None:
+    # Sunday 25 Oct 2026 had 25 hours; a week later, late on Sunday 1 Nov (GMT), last week's day
+    # began 192.5 hours ago: an attendance of its first hour must still be there to count
+    now = datetime(2026, 11, 1, 23, 30, tzinfo=UTC)
+    first_hour = datetime(2026, 10, 24, 23, 5, tzinfo=UTC)  # 00:05 BST on Sunday 25 Oct
+    state = state_of(RXN01, attendance("w1", first_hour, departed=first_hour + timedelta(minutes=15)))
+    state.prune(now)
+    assert site_metrics(state, now).ed_arrivals_same_time_last_week == 1
+
+
 def test_attendance_variation_across_the_spring_change() -> None:
     now = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)  # Wednesday 10:00 BST; midnight was 31 Mar 23:00Z
     envelopes = [
