@@ -15,6 +15,18 @@ from pydantic import AwareDatetime, BaseModel, ValidationError
 from services.command_centre.as_of import site_view_as_of
 from services.command_centre.metrics import SiteMetrics, ward_metrics
 from services.command_centre.projection import OPEL_SERIES, SET_ASIDE_REASONS
+from services.command_centre.schemas import (
+    AsOfSiteState,
+    ConsumerStatus,
+    Declaration,
+    Documented,
+    History,
+    LiveSiteState,
+    OpelView,
+    SystemState,
+    WardState,
+    Withdrawn,
+)
 from services.command_centre.site_state import SiteState
 from shared.auth import Principal, Role, Scope, Tier
 from shared.opel import DeclarationReason, DeclaredLevel, Level
@@ -72,14 +84,27 @@ def _ward_view(runtime: Runtime, summary: dict[str, Any]) -> dict[str, Any]:
     return {"name": ward.name, "type": ward.type.value, "specialty": ward.specialty, **summary}
 
 
-@router.get("/v1/wards/{ward_id}/state", summary="Live state of one ward: beds, census, today's flows")
-async def ward_state(ward_id: str, runtime: CurrentRuntime, user: CurrentUser) -> dict[str, Any]:
+@router.get(
+    "/v1/wards/{ward_id}/state",
+    summary="Live state of one ward: beds, census, today's flows",
+    responses={200: {"model": WardState}},
+)
+async def ward_state(ward_id: str, runtime: CurrentRuntime, user: CurrentUser) -> Documented:
     require_scope(user, runtime, Scope(Tier.ward, ward_id))
     ward = runtime.org.wards[ward_id]
     return _ward_view(runtime, (await _ward_summaries(runtime, ward.site_id))[ward_id])
 
 
-@router.get("/v1/sites/{site_id}/state", summary="Live state of one site (or as of a past time)")
+@router.get(
+    "/v1/sites/{site_id}/state",
+    summary="Live state of one site (or as of a past time)",
+    responses={
+        200: {
+            "model": LiveSiteState | AsOfSiteState,
+            "description": "LiveSiteState, or AsOfSiteState when `as_of` is given",
+        }
+    },
+)
 async def site_state(
     site_id: str,
     runtime: CurrentRuntime,
@@ -88,7 +113,7 @@ async def site_state(
     basis: Annotated[
         Literal["shown", "known"], Query(description="shown: as displayed then; known: as known now")
     ] = "shown",
-) -> dict[str, Any]:
+) -> Documented:
     require_scope(user, runtime, Scope(Tier.site, site_id))
     site = runtime.org.sites_by_id[site_id]
     if as_of is not None:
@@ -109,8 +134,12 @@ async def site_state(
     }
 
 
-@router.get("/v1/systems/{system_id}/state", summary="Live state of the system (ICB), folded from its sites")
-async def system_state(system_id: str, runtime: CurrentRuntime, user: CurrentUser) -> dict[str, Any]:
+@router.get(
+    "/v1/systems/{system_id}/state",
+    summary="Live state of the system (ICB), folded from its sites",
+    responses={200: {"model": SystemState}},
+)
+async def system_state(system_id: str, runtime: CurrentRuntime, user: CurrentUser) -> Documented:
     require_scope(user, runtime, Scope(Tier.system, system_id))
     summary = await _scope_summary(runtime, f"system:{system_id}")
     sites = []
@@ -141,11 +170,13 @@ def _scope_of(kind: Literal["sites", "systems"], scope_id: str) -> Scope:
 
 
 @router.get(
-    "/v1/{kind}/{scope_id}/opel", summary="OPEL: computed level with its breakdown, declared, effective"
+    "/v1/{kind}/{scope_id}/opel",
+    summary="OPEL: computed level with its breakdown, declared, effective",
+    responses={200: {"model": OpelView}},
 )
 async def opel(
     kind: Literal["sites", "systems"], scope_id: str, runtime: CurrentRuntime, user: CurrentUser
-) -> dict[str, Any]:
+) -> Documented:
     scope = _scope_of(kind, scope_id)
     require_scope(user, runtime, scope)
     summary = await _scope_summary(runtime, str(scope))
@@ -169,7 +200,10 @@ def _may_declare(user: Principal, scope: Scope) -> None:
 
 
 @router.post(
-    "/v1/{kind}/{scope_id}/opel/declared", status_code=201, summary="Declare an OPEL level (human override)"
+    "/v1/{kind}/{scope_id}/opel/declared",
+    status_code=201,
+    summary="Declare an OPEL level (human override)",
+    responses={201: {"model": Declaration}},
 )
 async def declare(
     kind: Literal["sites", "systems"],
@@ -177,7 +211,7 @@ async def declare(
     body: DeclareBody,
     runtime: CurrentRuntime,
     user: CurrentUser,
-) -> dict[str, Any]:
+) -> Documented:
     scope = _scope_of(kind, scope_id)
     require_scope(user, runtime, scope)
     _may_declare(user, scope)
@@ -216,10 +250,14 @@ async def declare(
     return dict(row)
 
 
-@router.delete("/v1/{kind}/{scope_id}/opel/declared", summary="Withdraw the declared OPEL level")
+@router.delete(
+    "/v1/{kind}/{scope_id}/opel/declared",
+    summary="Withdraw the declared OPEL level",
+    responses={200: {"model": Withdrawn}},
+)
 async def withdraw(
     kind: Literal["sites", "systems"], scope_id: str, runtime: CurrentRuntime, user: CurrentUser
-) -> dict[str, Any]:
+) -> Documented:
     scope = _scope_of(kind, scope_id)
     require_scope(user, runtime, scope)
     _may_declare(user, scope)
@@ -241,7 +279,9 @@ async def withdraw(
 
 
 @router.get(
-    "/v1/{kind}/{scope_id}/history", summary="A metric's history (written on change, at most once a minute)"
+    "/v1/{kind}/{scope_id}/history",
+    summary="A metric's history (written on change, at most once a minute)",
+    responses={200: {"model": History}},
 )
 async def history(
     kind: Literal["sites", "systems"],
@@ -251,7 +291,7 @@ async def history(
     user: CurrentUser,
     from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
     to: AwareDatetime | None = None,
-) -> dict[str, Any]:
+) -> Documented:
     scope = _scope_of(kind, scope_id)
     require_scope(user, runtime, scope)
     if metric not in HISTORY_METRICS:
@@ -304,8 +344,10 @@ async def readyz(runtime: CurrentRuntime) -> OrjsonResponse:
     return await readiness(runtime)
 
 
-@router.get("/v1/consumer", summary="Consumer progress of this replica")
-async def consumer_status(runtime: CurrentRuntime, user: CurrentUser) -> dict[str, Any]:
+@router.get(
+    "/v1/consumer", summary="Consumer progress of this replica", responses={200: {"model": ConsumerStatus}}
+)
+async def consumer_status(runtime: CurrentRuntime, user: CurrentUser) -> Documented:
     consumer = runtime.extra["consumer"]
     projection = runtime.extra["projection"]
     stats = consumer.stats

@@ -22,6 +22,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from services.command_centre import escalation_store as store
 from services.command_centre.escalation_policy import RuleSet, Severity
 from services.command_centre.escalations import Escalation, Status, TransitionError, may_act
+from services.command_centre.schemas import Documented, EscalationDetail, EscalationList
 from shared.auth import Principal, Scope, Tier
 from shared.problems import Problem
 from shared.runtime import CurrentRuntime, CurrentUser, Runtime, require_scope
@@ -97,14 +98,18 @@ async def _act(
     return _view(esc, timeline)
 
 
-@router.get("", summary="Escalations the token covers, filtered by scope and status")
+@router.get(
+    "",
+    summary="Escalations the token covers, filtered by scope and status",
+    responses={200: {"model": EscalationList}},
+)
 async def list_escalations(
     runtime: CurrentRuntime,
     user: CurrentUser,
     scope: Annotated[str | None, Query(description="ward:ID, site:ID or system:ID (and beneath)")] = None,
     status: Annotated[Status | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-) -> dict[str, Any]:
+) -> Documented:
     wanted: Scope | None = None
     if scope is not None:
         try:
@@ -169,8 +174,13 @@ class RaiseBody(BaseModel):
     )
 
 
-@router.post("", status_code=201, summary="Raise an escalation by hand, at the user's tier and scope")
-async def raise_escalation(body: RaiseBody, runtime: CurrentRuntime, user: CurrentUser) -> dict[str, Any]:
+@router.post(
+    "",
+    status_code=201,
+    summary="Raise an escalation by hand, at the user's tier and scope",
+    responses={201: {"model": EscalationDetail}},
+)
+async def raise_escalation(body: RaiseBody, runtime: CurrentRuntime, user: CurrentUser) -> Documented:
     try:
         scope = Scope.parse(body.scope)
     except ValueError as exc:
@@ -218,10 +228,12 @@ async def raise_escalation(body: RaiseBody, runtime: CurrentRuntime, user: Curre
     return _view(esc, timeline)
 
 
-@router.get("/{escalation_id}", summary="One escalation with its timeline")
-async def get_escalation(
-    escalation_id: uuid.UUID, runtime: CurrentRuntime, user: CurrentUser
-) -> dict[str, Any]:
+@router.get(
+    "/{escalation_id}",
+    summary="One escalation with its timeline",
+    responses={200: {"model": EscalationDetail}},
+)
+async def get_escalation(escalation_id: uuid.UUID, runtime: CurrentRuntime, user: CurrentUser) -> Documented:
     esc = await _load_visible(runtime, user, escalation_id)
     return _view(esc, await store.timeline(runtime.db, esc.id))
 
@@ -266,36 +278,52 @@ class ResolveBody(BaseModel):
     note: str | None = Field(default=None, max_length=2000)
 
 
-@router.post("/{escalation_id}/acknowledge", summary="Acknowledge (stops the acknowledgement timer)")
-async def acknowledge(escalation_id: uuid.UUID, runtime: CurrentRuntime, user: CurrentUser) -> dict[str, Any]:
+@router.post(
+    "/{escalation_id}/acknowledge",
+    summary="Acknowledge (stops the acknowledgement timer)",
+    responses={200: {"model": EscalationDetail}},
+)
+async def acknowledge(escalation_id: uuid.UUID, runtime: CurrentRuntime, user: CurrentUser) -> Documented:
     rules = _rules(runtime)
     return await _act(runtime, user, escalation_id, lambda e, now: e.acknowledge(rules, user.subject, now))
 
 
-@router.post("/{escalation_id}/resolve", summary="Resolve")
+@router.post("/{escalation_id}/resolve", summary="Resolve", responses={200: {"model": EscalationDetail}})
 async def resolve(
     escalation_id: uuid.UUID, runtime: CurrentRuntime, user: CurrentUser, body: ResolveBody | None = None
-) -> dict[str, Any]:
+) -> Documented:
     note = body.note if body else None
     return await _act(runtime, user, escalation_id, lambda e, now: e.resolve(user.subject, now, note))
 
 
-@router.post("/{escalation_id}/notes", summary="Add a note to the timeline")
+@router.post(
+    "/{escalation_id}/notes",
+    summary="Add a note to the timeline",
+    responses={200: {"model": EscalationDetail}},
+)
 async def annotate(
     escalation_id: uuid.UUID, body: NoteBody, runtime: CurrentRuntime, user: CurrentUser
-) -> dict[str, Any]:
+) -> Documented:
     return await _act(runtime, user, escalation_id, lambda e, now: e.annotate(user.subject, body.text, now))
 
 
-@router.post("/{escalation_id}/assign", summary="Reassign the owner")
+@router.post(
+    "/{escalation_id}/assign",
+    summary="Reassign the owner",
+    responses={200: {"model": EscalationDetail}},
+)
 async def assign(
     escalation_id: uuid.UUID, body: AssignBody, runtime: CurrentRuntime, user: CurrentUser
-) -> dict[str, Any]:
+) -> Documented:
     return await _act(runtime, user, escalation_id, lambda e, now: e.assign(user.subject, body.owner, now))
 
 
-@router.post("/{escalation_id}/snooze", summary="Snooze reminders and promotion until a time")
+@router.post(
+    "/{escalation_id}/snooze",
+    summary="Snooze reminders and promotion until a time",
+    responses={200: {"model": EscalationDetail}},
+)
 async def snooze(
     escalation_id: uuid.UUID, body: SnoozeBody, runtime: CurrentRuntime, user: CurrentUser
-) -> dict[str, Any]:
+) -> Documented:
     return await _act(runtime, user, escalation_id, lambda e, now: e.snooze(user.subject, body.until, now))
