@@ -7,7 +7,9 @@ import asyncio
 import errno
 import signal
 import socket
+import statistics
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -217,25 +219,160 @@ async def test_resume_across_a_gateway_restart_loses_and_repeats_nothing(
         await resumed.close()
 
 
+# The slow-client tests time the changes of one bed on the screens that read, and compare how long
+# they take while another screen stalls with how long they took before it did: a bound relative to
+# the same run, because the machine's noise is not the gateway's.
+BED = "RXN02-W1-B1-1"
+WARD = "RXN02-W1"  # BED's ward: on the site RXN02, in the system QXN
+PACE = 0.05  # seconds between timed changes, so a phase spans more than one hiccup of the machine
+# Sent to a stalled system screen, this fills its socket's kernel buffers, the gateway's write buffer
+# (64 KiB before writing pauses) and a queue of ICC_STREAM_QUEUE_FRAMES=8 three times over.
+STALL_BYTES = 384 * 1024
+
+
+async def restart_gateway(stack: Stack, **env: str) -> str:
+    stack.stop_service("gateway")
+    stack.start_service("gateway", **env)
+    await asyncio.to_thread(stack.wait_ready, "gateway")
+    return stack.url_of("gateway")
+
+
+class ReadingScreen:
+    """A screen that reads everything it is sent. Every frame is kept, to show that none was missed
+    or coalesced, and the arrival of each of BED's changes is timed."""
+
+    def __init__(self, client: StreamClient, snapshot: dict[str, Any]) -> None:
+        self.client = client
+        self.frames = [snapshot]
+        self.received = 0  # bytes of the frames read since the snapshot
+
+    @classmethod
+    async def connect(cls, gateway: str, jwt: str, scope: str) -> ReadingScreen:
+        client = await StreamClient.connect(gateway, jwt, scope)
+        return cls(client, await client.next("snapshot"))
+
+    async def arrival(self, status: str, timeout: float) -> tuple[float, int]:
+        """Read up to the delta that shows BED in `status`: when it arrived, and the ward's version."""
+        async with asyncio.timeout(timeout):
+            while True:
+                data = await self.client.ws.recv(decode=False)
+                arrived = time.monotonic()
+                self.received += len(data)
+                frame = orjson.loads(data)
+                self.frames.append(frame)
+                if frame["type"] == "delta" and bed_of(frame, BED) == status:
+                    return arrived, int(frame["ward"]["version"])
+
+    def assert_every_delta_in_order(self) -> None:
+        assert not [f for f in self.frames if f["type"] == "resync"], "a reading screen was coalesced"
+        seqs = [f["seq"] for f in self.frames if f["type"] in ("snapshot", "delta")]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a delta missed or out of order"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One change of BED as the reading screens received it."""
+
+    latencies: list[float]  # per screen: seconds from posting the change to its delta arriving
+    version: int  # the ward's version that carried it
+
+
+async def change_bed(
+    http: httpx.AsyncClient,
+    stack: Stack,
+    secrets: Secrets,
+    n: int,
+    screens: list[ReadingScreen],
+    timeout: float = 10.0,
+) -> Delivery:
+    """The `n`th change: BED occupied when `n` is odd, unoccupied when even. It is posted only when
+    the previous one has reached every screen, so each is timed alone."""
+    status = "occupied" if n % 2 else "unoccupied"
+    posted = time.monotonic()
+    await post_bed(http, stack, secrets, BED, status)
+    arrivals = await asyncio.gather(*(screen.arrival(status, timeout) for screen in screens))
+    versions = {version for _, version in arrivals}
+    assert len(versions) == 1, f"the screens got change {n} in different versions: {arrivals}"
+    return Delivery([arrived - posted for arrived, _ in arrivals], versions.pop())
+
+
+async def timed_changes(
+    http: httpx.AsyncClient, stack: Stack, secrets: Secrets, numbers: range, screens: list[ReadingScreen]
+) -> list[Delivery]:
+    deliveries = []
+    for n in numbers:
+        deliveries.append(await change_bed(http, stack, secrets, n, screens))
+        await asyncio.sleep(PACE)
+    return deliveries
+
+
+def assert_served_as_before(
+    before: list[Delivery], during: list[Delivery], screens: list[ReadingScreen]
+) -> None:
+    """Every change reached every screen in order, and the 90th percentile of a screen's delivery
+    times while another screen stalls is within five times (plus 200 ms) of what it was before:
+    generous for a noisy machine, but a change takes tens of milliseconds end to end, so a fan-out
+    that waited on the stalled socket, even for a fraction of a second per change, exceeds it."""
+    versions = [d.version for d in before + during]
+    assert versions == sorted(set(versions)), versions
+    for i, screen in enumerate(screens):
+        screen.assert_every_delta_in_order()
+        unstalled = statistics.quantiles([d.latencies[i] for d in before], n=10)[-1]
+        stalled = statistics.quantiles([d.latencies[i] for d in during], n=10)[-1]
+        assert stalled < 5 * unstalled + 0.2, (
+            f"screen {i} slowed down: p90 {stalled:.3f} s while another stalls, {unstalled:.3f} s before"
+        )
+
+
+async def assert_stalled_throughout(ws: websockets.ClientConnection, timed: list[Delivery]) -> None:
+    """The gateway's own sign that it found a screen slow is the `resync` that starts coalescing its
+    queue. Read at last, the stalled screen has WARD's deltas ahead of that marker all older than
+    the first timed change, and after it only the last one: it was coalescing, its socket taking
+    nothing, from before the first timed change to the last."""
+    frames: list[dict[str, Any]] = []
+    ward: list[tuple[int, int]] = []  # WARD's deltas: (position among the frames, version)
+    async with asyncio.timeout(30):
+        while not ward or ward[-1][1] < timed[-1].version:
+            frame = orjson.loads(await ws.recv())
+            if frame.get("ward", {}).get("ward_id") == WARD:
+                ward.append((len(frames), frame["ward"]["version"]))
+            frames.append(frame)
+    resyncs = [i for i, f in enumerate(frames) if f["type"] == "resync"]
+    assert len(resyncs) == 1, f"the stalled screen was coalesced {len(resyncs)} times, not once"
+    assert all(v < timed[0].version for i, v in ward if i < resyncs[0]), "not yet coalescing when timed"
+    assert [v for i, v in ward if i > resyncs[0]] == [timed[-1].version], ward
+
+
 async def test_a_client_that_never_reads_does_not_delay_the_others(
     stack: Stack, test_secrets: Secrets
 ) -> None:
+    """A screen stops reading: its socket's buffers fill, the gateway's writes to it block and its
+    queue coalesces. Two screens that read, one of the same scope and one of another, get every
+    change meanwhile, in order and no later than before it stalled. Small buffers and a small queue
+    make the stall quick, and the stalled screen is not dropped during the test."""
+    gateway = await restart_gateway(
+        stack,
+        ICC_STREAM_QUEUE_FRAMES="8",
+        ICC_STREAM_SEND_BUFFER_BYTES="4096",
+        ICC_STREAM_DROP_AFTER_SECONDS="120",
+    )
     jwt = token(test_secrets, Role.wall_display, "system:QXN")
-    url = stack.url_of("gateway").replace("http", "ws", 1) + "/v1/stream"
-    # a stalled reader: tiny receive buffers and it never reads after subscribing
-    stalled = await websockets.connect(url, max_queue=1, max_size=2**20)
-    await stalled.send(orjson.dumps({"type": "auth", "token": jwt}).decode())
-    await stalled.send(orjson.dumps({"type": "subscribe", "scope": "system:QXN"}).decode())
-    live = await StreamClient.connect(stack.url_of("gateway"), jwt, "system:QXN")
-    await live.next("snapshot")
-    async with httpx.AsyncClient() as client:
-        for i in range(1, 31):
-            status = "occupied" if i % 2 else "unoccupied"
-            await post_bed(client, stack, test_secrets, "RXN02-W1-B1-1", status)
-            # each change reaches the reading client promptly although the other reads nothing
-            delta, _ = await live.until(lambda d, s=status: bed_of(d, "RXN02-W1-B1-1") == s, timeout=10)
-            assert delta["ward"]["ward_id"] == "RXN02-W1"
-    await live.close()
+    screens = [await ReadingScreen.connect(gateway, jwt, scope) for scope in ("system:QXN", "site:RXN02")]
+    async with httpx.AsyncClient() as http:
+        # the site's first change publishes each of its wards, and is slow: not timed
+        await change_bed(http, stack, test_secrets, 0, screens, timeout=30)
+        before = await timed_changes(http, stack, test_secrets, range(1, 21), screens)
+        stalled = await stalled_client(gateway, jwt)
+        # the stalled screen is sent what the reading system screen gets: STALL_BYTES of it
+        filled_from, n = screens[0].received, 21
+        while screens[0].received - filled_from < STALL_BYTES:
+            await change_bed(http, stack, test_secrets, n, screens)
+            n += 1
+        during = await timed_changes(http, stack, test_secrets, range(n, n + 20), screens)
+    await assert_stalled_throughout(stalled, during)
+    assert_served_as_before(before, during, screens)
+    for screen in screens:
+        await screen.client.close()
     await stalled.close()
 
 
@@ -259,44 +396,61 @@ async def test_a_client_that_stays_behind_is_closed_as_too_slow_and_the_others_a
 ) -> None:
     """Screens that stop reading (a tablet asleep with its socket open): once the kernel buffers,
     bounded by ICC_STREAM_SEND_BUFFER_BYTES, and the queue are full, each is coalesced and then
-    closed with 4408, or cut off if it does not take the close frame either; a reading screen gets
-    every change meanwhile."""
-    stack.stop_service("gateway")
-    stack.start_service(
-        "gateway",
+    closed with 4408, or cut off if it does not take the close frame either. A reading screen gets
+    every change throughout, in order and no later than before they stalled: while they fall
+    behind, while they are closed, and while the frozen one's close frame waits to go out."""
+    drop_after = 2.0
+    gateway = await restart_gateway(
+        stack,
         ICC_STREAM_QUEUE_FRAMES="4",
-        ICC_STREAM_DROP_AFTER_SECONDS="2",
+        ICC_STREAM_DROP_AFTER_SECONDS=str(drop_after),
         ICC_STREAM_SEND_BUFFER_BYTES="4096",
     )
-    await asyncio.to_thread(stack.wait_ready, "gateway")
     jwt = token(test_secrets, Role.wall_display, "system:QXN")
-    gateway = stack.url_of("gateway")
-    stalled = await stalled_client(gateway, jwt)  # reads again once it has been dropped
-    frozen = await stalled_client(gateway, jwt)  # never reads again: not even the close frame
-    live = await StreamClient.connect(gateway, jwt, "system:QXN")
-    await live.next("snapshot")
-    async with httpx.AsyncClient() as client:
-        for i in range(1, 41):
-            status = "occupied" if i % 2 else "unoccupied"
-            await post_bed(client, stack, test_secrets, "RXN02-W1-B1-1", status)
-            await live.until(lambda d, s=status: bed_of(d, "RXN02-W1-B1-1") == s, timeout=10)
-    # behind for longer than the 2 s allowed (checked every second): the gateway closes it
-    await asyncio.sleep(4)
-    with pytest.raises(websockets.ConnectionClosed):
-        async with asyncio.timeout(30):
-            while True:
-                await stalled.recv()  # what was already on its way, then the close
+    screens = [await ReadingScreen.connect(gateway, jwt, "system:QXN")]
+    async with httpx.AsyncClient() as http:
+        await change_bed(http, stack, test_secrets, 0, screens, timeout=30)  # not timed, as above
+        before = await timed_changes(http, stack, test_secrets, range(1, 21), screens)
+        stalled = await stalled_client(gateway, jwt)  # reads again once it has been dropped
+        frozen = await stalled_client(gateway, jwt)  # never reads again: not even the close frame
+        frozen_socket = frozen.transport.get_extra_info("socket")
+        filled_from, n, during = screens[0].received, 21, []
+        dropped: asyncio.Task[None] | None = None
+        error = 0
+        # changes go on until the frozen screen is cut off (reset) CLOSE_DEADLINE_SECONDS after it
+        # was closed, rather than left to wait for a reader that never comes
+        async with asyncio.timeout(CLOSE_DEADLINE_SECONDS + 30):
+            while not error:
+                during.append(await change_bed(http, stack, test_secrets, n, screens))
+                n += 1
+                await asyncio.sleep(PACE)
+                # Both are behind by now: half of STALL_BYTES still fills a queue of 4 and the
+                # buffers twice over. Once behind for longer than allowed (checked every second)
+                # they are closed, and only then does the stalled one read: soon enough, even when
+                # changes are slow, to take its close frame within CLOSE_DEADLINE_SECONDS.
+                if dropped is None and screens[0].received - filled_from >= STALL_BYTES // 2:
+                    dropped = asyncio.create_task(read_until_closed(stalled, after=drop_after + 2))
+                error = frozen_socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    assert_served_as_before(before, during, screens)
+    assert error == errno.ECONNRESET, errno.errorcode.get(error)
+    assert dropped is not None, "the frozen screen was cut off before it could have fallen behind"
+    await dropped
     assert stalled.close_code == 4408
     assert "reconnect" in (stalled.close_reason or "")
-    # a connection that cannot take even the close frame is cut off (reset) after
-    # CLOSE_DEADLINE_SECONDS, rather than left to wait for a reader that never comes
-    await asyncio.sleep(CLOSE_DEADLINE_SECONDS + 2)
-    frozen_socket = frozen.transport.get_extra_info("socket")
-    assert frozen_socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
     await frozen.close()
+    live = screens[0].client
     await live.ping()
     assert (await live.next("pong", timeout=5))["type"] == "pong", "the reading client stays connected"
     await live.close()
+
+
+async def read_until_closed(ws: websockets.ClientConnection, after: float) -> None:
+    """Leave a stalled screen alone for `after` seconds, then read what reaches it, up to its close."""
+    await asyncio.sleep(after)
+    with pytest.raises(websockets.ConnectionClosed):
+        async with asyncio.timeout(30):
+            while True:
+                await ws.recv()  # what was already on its way, then the close
 
 
 async def test_icc_watch_prints_the_feed(stack: Stack, test_secrets: Secrets) -> None:
