@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from services.ingest.event_time_bounds import EventTimeBounds
 from services.ingest.group_commit import DB_ERRORS, GroupCommitWriter, Inbound, Unstorable
 from services.ingest.hl7_ack import build_ack, build_batch_ack
 from services.ingest.hl7_adt import MappedAdt, UnmappedLocation, map_adt
@@ -145,6 +146,7 @@ class Hl7Intake:
                 content_sha256=sha,
                 mapper=self.locations.current(),
                 pseudonymise=self.pseudonymise,
+                bounds=EventTimeBounds.at_receipt(now),
             )
         except Hl7Error as exc:
             return await self._rejected(exc, raw, source, endpoint, content_type, now)
@@ -208,6 +210,7 @@ async def replay(ctx: IngestContext, message: Message, commit: Commit, *, replay
             pseudonymise=lambda kind, value, issuer: pseudonymise(
                 ctx.pseudonymisation_key, kind, value, issuer=issuer
             ),
+            bounds=EventTimeBounds.at_receipt(now),  # a replay is judged at its own time
         )
     except Hl7Error as exc:
         status = HTTP_STATUS[exc.ack]

@@ -11,19 +11,21 @@ from fastapi.responses import Response
 
 from services.ingest import bed_events, bed_management, ed_events, json_batches
 from services.ingest.bed_management import BedActionIn
+from services.ingest.event_time_bounds import EventTimeBounds
 from services.ingest.intake import Answer, Commit, IngestContext, Message, problem_answer, run_live
 
 router = APIRouter()
 
 
 async def process_ed(ctx: IngestContext, message: Message, commit: Commit, *, replay: bool) -> Answer:
+    bounds = EventTimeBounds.at_receipt()  # one receipt time for every line of the request
     return await json_batches.process(
         ctx,
         message,
         commit,
         replay=replay,
         mapper=lambda c, source, raw: ed_events.map_message(
-            raw, source=source, org=c.org, key=c.pseudonymisation_key
+            raw, source=source, org=c.org, key=c.pseudonymisation_key, bounds=bounds
         ),
     )
 
@@ -31,24 +33,26 @@ async def process_ed(ctx: IngestContext, message: Message, commit: Commit, *, re
 async def process_bed_management(
     ctx: IngestContext, message: Message, commit: Commit, *, replay: bool
 ) -> Answer:
+    bounds = EventTimeBounds.at_receipt()
     return await json_batches.process(
         ctx,
         message,
         commit,
         replay=replay,
         mapper=lambda c, source, raw: bed_management.map_message(
-            raw, source=source, org=c.org, key=c.pseudonymisation_key
+            raw, source=source, org=c.org, key=c.pseudonymisation_key, bounds=bounds
         ),
     )
 
 
 async def process_bed_events(ctx: IngestContext, message: Message, commit: Commit, *, replay: bool) -> Answer:
+    bounds = EventTimeBounds.at_receipt()
     return await json_batches.process(
         ctx,
         message,
         commit,
         replay=replay,
-        mapper=lambda c, source, raw: bed_events.map_message(raw, source=source, org=c.org),
+        mapper=lambda c, source, raw: bed_events.map_message(raw, source=source, org=c.org, bounds=bounds),
     )
 
 
