@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +46,7 @@ from services.ingest.intake import (
     nul_path,
     run_live,
 )
+from services.ingest.location_source import list_unmapped
 from shared.events import utcnow
 from shared.outbox import OutboxEvent
 from shared.problems import Problem
@@ -234,28 +234,14 @@ async def _count_unmapped(conn: asyncpg.Connection, source: str, places: list[Un
     `fhir.` counter), so `GET /v1/locations/unmapped` shows a FHIR feed's gaps too."""
     if not places:
         return
-    counts = Counter((p.site_id or "", p.kind, p.code) for p in places)
-    examples = {(p.site_id or "", p.kind, p.code): p.example for p in places}
-    keys = sorted(counts)  # one lock order for every writer of these rows
+    await list_unmapped(conn, [(source, place) for place in places])
     await conn.execute(
         """
-        WITH listed AS (
-            INSERT INTO unmapped_location (source, site_id, kind, code, example, count)
-            SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])
-            ON CONFLICT (source, site_id, kind, code) DO UPDATE
-               SET count = unmapped_location.count + excluded.count,
-                   example = excluded.example, last_seen = now()
-        )
-        INSERT INTO ingest_counter (source, name, value) VALUES ($1, 'fhir.unmapped_location', $7)
+        INSERT INTO ingest_counter (source, name, value) VALUES ($1, 'fhir.unmapped_location', $2)
         ON CONFLICT (source, name) DO UPDATE
            SET value = ingest_counter.value + excluded.value, updated_at = now()
         """,
         source,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [k[2] for k in keys],
-        [examples[k] for k in keys],
-        [counts[k] for k in keys],
         len(places),
     )
 

@@ -40,7 +40,7 @@ from services.ingest.hl7_er7 import (
     split_body,
 )
 from services.ingest.intake import Answer, Commit, IngestContext, Message
-from services.ingest.location_source import LocationMapSource
+from services.ingest.location_source import LocationMapSource, list_unmapped
 from shared.events import utcnow
 from shared.problems import PROBLEM_BASE
 from shared.pseudonymise import IdKind, pseudonymise
@@ -402,7 +402,7 @@ class Hl7Bookkeeping:
         if len(stored) != len(commits):
             await self._raced(conn, commits, stored)
         counts: Counter[tuple[str, str]] = Counter()
-        unmapped: dict[tuple[str, str, str, str], tuple[int, str]] = {}
+        unmapped: list[tuple[str, UnmappedLocation]] = []
         for commit in commits:
             if commit.duplicate:
                 continue
@@ -413,26 +413,9 @@ class Hl7Bookkeeping:
                 counts[(commit.source, f"hl7.{note}")] += 1
             for place in commit.mapped.unmapped:
                 counts[(commit.source, "hl7.unmapped_location")] += 1
-                key = (commit.source, place.site_id or "", place.kind, place.code)
-                unmapped[key] = (unmapped.get(key, (0, ""))[0] + 1, place.example)
+                unmapped.append((commit.source, place))
         await _count(conn, counts)
-        if unmapped:
-            keys = sorted(unmapped)
-            await conn.execute(
-                """
-                INSERT INTO unmapped_location (source, site_id, kind, code, example, count)
-                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])
-                ON CONFLICT (source, site_id, kind, code) DO UPDATE
-                   SET count = unmapped_location.count + excluded.count,
-                       example = excluded.example, last_seen = now()
-                """,
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [k[2] for k in keys],
-                [k[3] for k in keys],
-                [unmapped[k][1] for k in keys],
-                [unmapped[k][0] for k in keys],
-            )
+        await list_unmapped(conn, unmapped)
 
     async def _raced(
         self, conn: asyncpg.Connection, commits: Sequence[Hl7Commit], stored: list[asyncpg.Record]
