@@ -97,8 +97,15 @@ class AuthError(Exception):
 
 
 def mint_token(
-    secret: str, *, subject: str, role: Role, scopes: list[str], ttl_seconds: int = 12 * 3600
+    secret: str,
+    *,
+    subject: str,
+    role: Role,
+    scopes: list[str],
+    ttl_seconds: int = 12 * 3600,
+    auth_time: int | None = None,
 ) -> str:
+    """A signed token; `auth_time` is when its session began (now, unless a refresh carries it over)."""
     for scope in scopes:
         Scope.parse(scope)
     now = int(time.time())
@@ -109,8 +116,38 @@ def mint_token(
         "scopes": scopes,
         "iat": now,
         "exp": now + ttl_seconds,
+        "auth_time": now if auth_time is None else auth_time,
     }
     return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM)
+
+
+def refresh_token(secret: str, token: str, *, max_session_seconds: float) -> str:
+    """A fresh token for the same subject, role and scopes, lasting as long as the one presented.
+
+    The session's start (`auth_time`; a token minted without one began at its `iat`) carries over,
+    so that refreshing, by its holder or by a thief, ends once the session is older than
+    `max_session_seconds`.
+    """
+    principal = verify_token(secret, token)
+    # verified just above: only read it again
+    claims = jwt.decode(token, options={"verify_signature": False})
+    try:
+        lifetime = int(claims["exp"]) - int(claims["iat"])
+        auth_time = int(claims.get("auth_time", claims["iat"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AuthError(f"invalid token: {exc}") from exc
+    if lifetime <= 0:
+        raise AuthError("invalid token: it expires before it was issued")
+    if time.time() - auth_time > max_session_seconds:
+        raise AuthError(f"session older than {max_session_seconds / 3600:g} h: sign in again")
+    return mint_token(
+        secret,
+        subject=principal.subject,
+        role=principal.role,
+        scopes=[str(s) for s in principal.scopes],
+        ttl_seconds=lifetime,
+        auth_time=auth_time,
+    )
 
 
 def verify_token(secret: str, token: str) -> Principal:

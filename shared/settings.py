@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # reading holds at most this much kernel memory and is noticed sooner; 0 leaves the kernel's
     # autotuning, which lets each connection grow to `net.ipv4.tcp_wmem`'s maximum (often 4 MiB).
     stream_send_buffer_bytes: int = Field(default=262_144, ge=0, alias="ICC_STREAM_SEND_BUFFER_BYTES")
+    # How long a screen may keep renewing its token (POST /v1/token/refresh) after it was first minted.
+    max_session_hours: float = Field(default=168.0, gt=0, alias="ICC_MAX_SESSION_HOURS")
     feeds_port: int = Field(default=8704, alias="ICC_FEEDS_PORT")
     broker_port: int = Field(default=9092, alias="ICC_BROKER_PORT")
     # HL7 v2 over MLLP (TCP) into ingest: 0 is off; `icc up` turns it on at 2575.

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse
 from services.gateway.live_state import LiveState
 from services.gateway.state_feed import StateFeed, seed_from_database
 from services.gateway.stream import router as stream_router
+from services.gateway.token_api import router as token_router
 from shared import problems
 from shared.problems import OrjsonResponse
 from shared.runtime import (
@@ -79,6 +80,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = runtime
     problems.install(app)
     app.include_router(stream_router)
+    app.include_router(token_router)
 
     @app.get("/", include_in_schema=False)
     async def wall_display() -> FileResponse:

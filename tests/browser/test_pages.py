@@ -1,7 +1,8 @@
 """The gateway's pages in a real headless Chromium: the wall display connects, shows a pushed
 update, and shows an unmistakable stale-data banner when the feed drops; a system wall shows every
 site's OPEL tile at once; on the tablet view a site manager acknowledges, annotates, resolves and
-raises escalations; both pages notice a silent connection and an expired token.
+raises escalations; both pages notice a silent connection, renew their token before it expires
+and, when the renewal is refused, ask to sign in again at its expiry.
 
 Set ICC_SCREENSHOT_DIR to keep a screenshot of each page (docs/screenshots is made this way).
 """
@@ -435,22 +436,64 @@ async def test_tablet_gives_up_a_silent_connection_and_says_an_action_was_not_co
     await tablet.close()
 
 
+def short_tokens(secrets: Secrets, lifetime: int, auth_time: int | None = None) -> dict[Role, str]:
+    """A wall's and a site manager's token for site:RXN01 that expire after `lifetime` s."""
+    return {
+        role: mint_token(
+            secrets.jwt_secret,
+            subject=f"test-{role.value}",
+            role=role,
+            scopes=["site:RXN01"],
+            ttl_seconds=lifetime,
+            auth_time=auth_time,
+        )
+        for role in (Role.wall_display, Role.site_manager)
+    }
+
+
+async def test_pages_renew_their_token_before_it_expires_and_stay_live(
+    stack: Stack, test_secrets: Secrets, browser: Browser
+) -> None:
+    lifetime = 20
+    short = short_tokens(test_secrets, lifetime)
+    gateway = stack.url_of("gateway")
+    wall = await browser.new_page(viewport={"width": 1600, "height": 1000})
+    sockets: list[WebSocket] = []
+    wall.on("websocket", lambda ws: sockets.append(ws))
+    opened = time.monotonic()
+    await wall.goto(f"{gateway}/#token={short[Role.wall_display]}&scope=site:RXN01")
+    tablet = await browser.new_page(viewport={"width": 1024, "height": 768})
+    await tablet.goto(f"{gateway}/tablet#token={short[Role.site_manager]}&scope=site:RXN01")
+    await expect(wall.locator("#status")).to_have_text("live", timeout=20_000)
+    await expect(tablet.locator("#status")).to_have_text("live", timeout=20_000)
+
+    await asyncio.sleep(max(0.0, 2 * lifetime - (time.monotonic() - opened)))  # twice its lifetime
+    for page, stored, first in (
+        (wall, "icc.token", short[Role.wall_display]),
+        (tablet, "icc.tablet.token", short[Role.site_manager]),
+    ):
+        await expect(page.locator("#status")).to_have_text("live")
+        await expect(page.locator("#stale-banner")).to_be_hidden()
+        await expect(page.locator("#login")).to_be_hidden()
+        renewed = await page.evaluate(f"sessionStorage.getItem({stored!r})")
+        assert renewed and renewed != first, "the page keeps the renewed token"
+    await post_beds(stack, test_secrets, ("RXN01-AMU-B1-1", "occupied"))
+    amu = wall.locator('[data-ward="RXN01-AMU"] [data-field=occupied]')
+    await expect(amu).to_have_text("1", timeout=20_000)
+    assert len(sockets) == 1, "renewed on the open connection, not by reconnecting"
+    await wall.close()
+    await tablet.close()
+
+
 async def test_pages_ask_to_sign_in_again_when_the_token_expires_and_keep_the_last_data(
     stack: Stack, test_secrets: Secrets, browser: Browser
 ) -> None:
     await post_beds(stack, test_secrets, ("RXN01-AMU-B1-1", "occupied"))
     lifetime = 20
     expires = time.time() + lifetime
-    short = {
-        role: mint_token(
-            test_secrets.jwt_secret,
-            subject=f"test-{role.value}",
-            role=role,
-            scopes=["site:RXN01"],
-            ttl_seconds=lifetime,
-        )
-        for role in (Role.wall_display, Role.site_manager)
-    }
+    # sessions older than the maximum, so that the gateway refuses to renew their tokens
+    began = int(time.time() - stack.settings.max_session_hours * 3600) - 60
+    short = short_tokens(test_secrets, lifetime, auth_time=began)
     gateway = stack.url_of("gateway")
     wall = await browser.new_page(viewport={"width": 1600, "height": 1000})
     await wall.goto(f"{gateway}/#token={short[Role.wall_display]}&scope=site:RXN01")

@@ -24,6 +24,8 @@ pytestmark = pytest.mark.unit
         ("ICC_MLLP_IDLE_SECONDS", "mllp_idle_seconds", IDLE_SECONDS, 5),
         # hospital systems' clocks drift by minutes, not hours
         ("ICC_MAX_FUTURE_SKEW_SECONDS", "max_future_skew_seconds", 300, 60),
+        # a wall renews its token for a week before it must be given a new one
+        ("ICC_MAX_SESSION_HOURS", "max_session_hours", 168, 12),
     ],
 )
 def test_a_setting_defaults_to_what_its_code_uses_and_is_read_from_the_environment(
@@ -45,6 +47,7 @@ def test_a_setting_defaults_to_what_its_code_uses_and_is_read_from_the_environme
         ("ICC_STREAM_QUEUE_FRAMES", "1"),
         ("ICC_MLLP_IDLE_SECONDS", "-1"),
         ("ICC_MAX_FUTURE_SKEW_SECONDS", "-1"),
+        ("ICC_MAX_SESSION_HOURS", "0"),
     ],
 )
 def test_a_setting_out_of_range_is_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
