@@ -138,7 +138,7 @@ def err_code(ack: dict[str, list[list[str]]]) -> str:
 async def test_a_nul_escape_in_msh10_is_refused_alone_and_kept(
     ingest: Ingest, conn: asyncpg.Connection, client: httpx.AsyncClient
 ) -> None:
-    # found by review: \X00\ unescapes to a NUL, which PostgreSQL refused mid-commit, and the message
+    # formerly: \X00\ unescapes to a NUL, which PostgreSQL refused mid-commit, and the message
     # and every other sharing its group commit were answered 503 "send it again"
     poison = adt("A01", "NUL\\X00\\ID")
     others = [adt("A01", f"N{n}{uuid.uuid4().hex[:8]}") for n in range(5)]
@@ -174,7 +174,7 @@ async def test_a_nul_escape_in_pv1_3_is_an_error_and_an_mllp_feed_goes_on(
 async def test_a_time_out_of_range_once_read_as_utc_is_a_data_type_error_over_http_and_mllp(
     ingest: Ingest, conn: asyncpg.Connection, client: httpx.AsyncClient, where: str, stamp: str
 ) -> None:
-    # found by review: OverflowError escaped the parser: a bare 500 over HTTP, and over MLLP the
+    # formerly: OverflowError escaped the parser: a bare 500 over HTTP, and over MLLP the
     # connection dropped with the next frame unanswered
     def message(control_id: str) -> str:
         segments = {
@@ -201,7 +201,7 @@ async def test_a_time_out_of_range_once_read_as_utc_is_a_data_type_error_over_ht
 async def test_a_nul_in_a_fhir_string_is_refused_naming_the_element(
     ingest: Ingest, conn: asyncpg.Connection, client: httpx.AsyncClient
 ) -> None:
-    # found by review: the display reached the encounter state's JSON column and failed with a 500
+    # no PostgreSQL text or JSON value may hold a NUL: refused at the edge, naming the element
     resource = encounter(new_id("ENC"), "in-progress")
     resource["location"][0]["location"]["display"] = "AMU\x00B1"
     response = await post_fhir(client, ingest, resource)

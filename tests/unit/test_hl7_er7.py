@@ -262,8 +262,8 @@ def _strings(value: object) -> list[str]:
 def test_an_escape_for_a_nul_character_in_a_field_read_is_refused_naming_the_field(
     text: str, ack: AckCode, location: str
 ) -> None:
-    # found by review: python-hl7 unescapes \X00\ to a NUL, which no PostgreSQL text or JSON value
-    # may hold, so one such message failed a whole group commit and was answered "send it again"
+    # python-hl7 unescapes \X00\ to a NUL, which no PostgreSQL text or JSON value may hold: such a
+    # message once failed a whole group commit and was answered "send it again"
     for projected in (True, False):
         with pytest.raises(Hl7Error) as caught:
             read_message(text.rstrip("\r"), project_first=projected)
