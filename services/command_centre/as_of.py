@@ -13,6 +13,7 @@ from typing import Any, Literal
 import asyncpg
 
 from services.command_centre.metrics import all_ward_metrics, site_metrics
+from services.command_centre.projection import JSON_TIME, OPEL_SERIES
 from services.command_centre.site_state import SiteState
 from shared.events import Envelope
 from shared.opel import DeclaredLevel, OpelProfile, effective_level, score_site
@@ -57,6 +58,7 @@ async def site_view_as_of(
         at,
     )
     declared = DeclaredLevel.model_validate(dict(declared_row)) if declared_row else None
+    level = effective_level(computed, declared, at)
     return {
         "scope": f"site:{site_id}",
         "as_of": at.isoformat(),
@@ -66,7 +68,8 @@ async def site_view_as_of(
         "opel": {
             "computed": computed.model_dump(mode="json"),
             "declared": declared.model_dump(mode="json") if declared else None,
-            "effective_level": effective_level(computed, declared, at),
+            "effective_level": level,
+            "change": await _last_change(conn, f"site:{site_id}", at, level),
         },
         "wards": [
             {
@@ -76,3 +79,33 @@ async def site_view_as_of(
             for wm in wards.values()
         ],
     }
+
+
+async def _last_change(
+    conn: asyncpg.Connection, scope: str, at: datetime, level: int | None
+) -> dict[str, Any] | None:
+    """The effective level's last change up to `at`, as its history series (`opel_level`) kept it.
+
+    None when the series does not end at `level` (the rebuilt level differs from the one shown then,
+    e.g. with late events counted) or holds no earlier level. The series is written on change, at
+    most once a minute, so the time is the point's, up to a minute after the level changed."""
+    rows = await conn.fetch(
+        "SELECT value, at FROM metric_point WHERE scope = $1 AND metric = $2 AND at <= $3 "
+        "ORDER BY at DESC LIMIT 50",
+        scope,
+        OPEL_SERIES[1],
+        at,
+    )
+    current = float(level) if level is not None else None
+    if not rows or rows[0]["value"] != current:
+        return None
+    since = rows[0]["at"]
+    for row in rows[1:]:
+        if row["value"] != current:
+            before = row["value"]
+            return {
+                "from_level": int(before) if before is not None else None,
+                "at": JSON_TIME.dump_python(since, mode="json"),
+            }
+        since = row["at"]
+    return None

@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from services.command_centre.escalation_engine import EscalationEngine
 from services.command_centre.metrics import SiteMetrics, all_ward_metrics, site_metrics
@@ -119,6 +119,8 @@ def _unpickle(site_id: str, snapshot: asyncpg.Record) -> dict[str, Any] | None:
     return registers
 
 
+JSON_TIME: TypeAdapter[datetime] = TypeAdapter(datetime)
+
 OPEL_SERIES = ("opel_computed_level", "opel_level")
 """History series of the computed and the effective (declared while active, else computed) level."""
 
@@ -131,6 +133,23 @@ def history_values(metrics: SiteMetrics, opel: Mapping[str, Any]) -> dict[str, f
     for series, level in zip(OPEL_SERIES, levels, strict=True):
         values[series] = float(level) if level is not None else None
     return values
+
+
+def with_change(opel: dict[str, Any], published: Mapping[str, Any] | None, now: datetime) -> dict[str, Any]:
+    """`opel` with its `change`: the last change of the effective level (from which level, and when).
+
+    Taken from what was last published for the scope: a new change when the effective level differs
+    from it, else the change it carried. A scope's first summary has none. Published summaries are
+    kept in `scope_state`, so the change outlives a restart or a change of leader, and every screen
+    shows the same trend whenever it connected."""
+    before = published.get("opel") if published else None
+    if not before:
+        change = None
+    elif before.get("effective_level") != opel["effective_level"]:
+        change = {"from_level": before.get("effective_level"), "at": JSON_TIME.dump_python(now, mode="json")}
+    else:
+        change = before.get("change")
+    return {**opel, "change": change}
 
 
 class StateProjection:
@@ -344,7 +363,7 @@ class StateProjection:
                 ward_rows,
             )
         metrics = site_metrics(state, now, all_wards.values())
-        opel = self.opel_view(metrics, live.declared, now)
+        opel = with_change(self.opel_view(metrics, live.declared, now), live.scope_published, now)
         scope_event = self._scope_change(live, f"site:{site_id}", metrics, opel, now)
         if scope_event is not None:
             await upsert_scope(conn, scope_event)

@@ -84,6 +84,13 @@ class ScopeMetrics(SiteMetrics):
     as_of: Absent = None  # type: ignore[assignment]
 
 
+class LevelChange(_View):
+    from_level: int | None = Field(
+        description="the effective level before the change (null: insufficient data)"
+    )
+    at: AwareDatetime = Field(description="when the command centre computed the new level")
+
+
 class OpelLevels(_View):
     computed: OpelResult | SystemOpelResult = Field(
         description="a site's score with its parameter breakdown, or the system's with its sites'"
@@ -91,6 +98,9 @@ class OpelLevels(_View):
     declared: DeclaredLevel | None = Field(description="the human declaration in force, if any")
     effective_level: int | None = Field(
         description="the declared level while in force, else the computed one (null: insufficient data)"
+    )
+    change: LevelChange | None = Field(
+        description="the effective level's last change: the trend screens show (null: none yet)"
     )
 
 

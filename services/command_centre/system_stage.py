@@ -21,6 +21,7 @@ from services.command_centre.projection import (
     current_declared,
     history_values,
     upsert_scope,
+    with_change,
     write_history,
 )
 from shared import topics
@@ -127,11 +128,15 @@ class SystemStage:
             {site_id: m.beds_total for site_id, (m, _) in sites.items()},
         )
         declared = await current_declared(conn, self.scope, now)
-        opel = {
-            "computed": result.model_dump(mode="json"),
-            "declared": declared.model_dump(mode="json") if declared else None,
-            "effective_level": effective_level(result, declared, now),
-        }
+        opel = with_change(
+            {
+                "computed": result.model_dump(mode="json"),
+                "declared": declared.model_dump(mode="json") if declared else None,
+                "effective_level": effective_level(result, declared, now),
+            },
+            self.published,
+            now,
+        )
         metrics_json = metrics.model_dump(mode="json", exclude={"as_of"})
         comparable = {"metrics": metrics_json, "opel": opel}
         if comparable != self.published:

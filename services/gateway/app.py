@@ -90,6 +90,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     async def tablet_view() -> FileResponse:
         return FileResponse(STATIC / "tablet.html", media_type="text/html")
 
+    @app.get("/session.js", include_in_schema=False)
+    async def session_script() -> FileResponse:
+        """The pages' shared script: the token they hold, and its renewal before it expires."""
+        return FileResponse(STATIC / "session.js", media_type="text/javascript")
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}

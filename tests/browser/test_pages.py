@@ -26,6 +26,7 @@ from playwright.async_api import Browser, Page, WebSocket, async_playwright, exp
 from icc.embedded import Broker
 from icc.stack import Stack
 from shared.auth import Role, mint_token
+from shared.organisation import Organisation
 from shared.secrets_store import Secrets
 from tests.conftest import SAMPLE_ORG, make_settings
 from tests.helpers import bed_event, post_signed, token
@@ -181,16 +182,16 @@ async def until(check: Callable[[], bool], timeout: float) -> None:
         await asyncio.sleep(0.2)
 
 
-async def test_wall_display_shows_a_pushed_update_and_goes_stale_when_the_feed_drops(
-    stack: Stack, test_secrets: Secrets, browser: Browser
+async def test_wall_display_shows_a_pushed_update_pages_its_wards_and_goes_stale_when_the_feed_drops(
+    stack: Stack, test_secrets: Secrets, browser: Browser, org: Organisation
 ) -> None:
     page = await browser.new_page(viewport={"width": 1600, "height": 1000})
+    await page.clock.install()  # runs in real time until the test moves it on
     jwt = token(test_secrets, Role.wall_display, "site:RXN01")
     await page.goto(f"{stack.url_of('gateway')}/#token={jwt}&scope=site:RXN01")
     await expect(page.locator("#status")).to_have_text("live", timeout=20_000)
     assert "token" not in page.url, "the token leaves the address bar once read"
     amu = page.locator('[data-ward="RXN01-AMU"]')
-    await expect(amu.locator(".updated")).to_contain_text("no data")
 
     await post_beds(
         stack,
@@ -209,6 +210,26 @@ async def test_wall_display_shows_a_pushed_update_and_goes_stale_when_the_feed_d
     await expect(tile.locator("[data-figure=escalation]")).to_have_text("9")
     await expect(tile.locator(".opel")).to_be_in_viewport(ratio=1)
     await screenshot(page, "wall-site")
+
+    # on a smaller screen the site's wards do not all fit: a page of them at a time, in turn
+    wards = len(org.sites_by_id["RXN01"].wards)
+    await page.set_viewport_size({"width": 1280, "height": 720})
+    label = page.locator(".ward-page")
+    await expect(label).to_have_text(re.compile(rf"^wards 1–(\d+) of {wards}$"))
+    shown = re.fullmatch(rf"wards 1–(\d+) of {wards}", await label.inner_text())
+    assert shown is not None
+    per_page = int(shown.group(1))
+    assert 0 < per_page < wards
+    await expect(page.locator(".ward:visible")).to_have_count(per_page)
+    for card in await page.locator(".ward:visible").all():
+        await expect(card).to_be_in_viewport(ratio=1)
+    await expect(amu).to_be_visible()
+    await page.clock.fast_forward("00:16")
+    await expect(label).to_have_text(re.compile(rf"^wards {per_page + 1}–\d+ of {wards}$"))
+    await expect(amu).to_be_hidden()
+    for card in await page.locator(".ward:visible").all():
+        await expect(card).to_be_in_viewport(ratio=1)
+    await page.set_viewport_size({"width": 1600, "height": 1000})
 
     stack.stop_service("gateway")
     banner = page.locator("#stale-banner")
@@ -382,6 +403,13 @@ async def test_a_system_wall_of_twelve_sites_shows_every_site_tile_and_the_opel_
     await expect(page.locator('[data-site-tile="RXN01"]')).to_be_in_viewport(ratio=1)
     await screenshot(page, "wall-system")
 
+    # a wall opened after the change shows it too: the change comes with the site's summary
+    later = await browser.new_page(viewport={"width": 1600, "height": 1000})
+    await later.goto(f"{stack.url_of('gateway')}/#token={wall}&scope=system:QXN")
+    await expect(later.locator('[data-site-tile="RXN02"] .opel b')).to_have_text("4 ▲", timeout=20_000)
+    await expect(later.locator('[data-site-tile="RXN02"] .opel')).to_contain_text("from 2 at")
+    await later.close()
+
     # below them, one site's wards at a time, as many as fit on the screen, page after page
     amu = page.locator('[data-ward="RXN01-AMU"]')
     await expect(page.locator('[data-site="RXN02"]')).to_be_hidden()
@@ -518,7 +546,7 @@ async def test_pages_ask_to_sign_in_again_when_the_token_expires_and_keep_the_la
         )
     await expect(wall.locator("#notice")).to_contain_text("Token expired at")
     await expect(amu).to_have_text("1")  # the last data stays up, marked stale
-    await expect(amu).to_be_visible()
+    await expect(wall.locator(".ward:visible").first).to_be_in_viewport()  # (a page of the wards)
     await expect(tablet.locator('[data-metric="beds_available"]')).to_be_visible()
     await wall.close()
     await tablet.close()

@@ -1,5 +1,6 @@
 """OPEL in the live state and its history: declarations that cannot be read back, the state tick
-outliving an unexpected failure, and levels kept as history by sites and by the system stage."""
+outliving an unexpected failure, levels kept as history by sites and by the system stage, and the
+last change of level (the trend screens show) kept across a restart and rebuilt as of a past time."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 from aiokafka import TopicPartition
 
 from services.command_centre.app import _ticks
+from services.command_centre.as_of import site_view_as_of
 from services.command_centre.projection import StateProjection, current_declared
 from services.command_centre.system_stage import SystemStage
 from shared import topics
@@ -173,3 +176,57 @@ async def test_levels_are_history_and_a_new_system_leader_keeps_the_throttle(
     after = await points(pool, system)
     assert after["opel_level"] == [computed, declared_level]
     assert after["opel_computed_level"] == [computed]
+    summary = await pool.fetchval("SELECT summary FROM scope_state WHERE scope = $1", system)
+    assert summary["opel"]["change"] == {"from_level": computed, "at": iso(T0 + timedelta(minutes=2))}
+
+
+def iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+async def test_the_last_change_of_level_is_published_kept_across_a_restart_and_rebuilt_as_of(
+    pool: asyncpg.Pool, org: Organisation
+) -> None:
+    site = org.sites[0]
+    scope = f"site:{site.id}"
+    now = T0
+
+    async def published() -> dict[str, Any]:
+        summary: dict[str, Any] = await pool.fetchval(
+            "SELECT summary FROM scope_state WHERE scope = $1", scope
+        )
+        return summary
+
+    first = owning_every_site(StateProjection(org, PROFILE, partitions=4, clock=lambda: now))
+    async with pool.acquire() as conn, conn.transaction():
+        await first.apply(conn, occupied(org, 0, 3, now))
+    before = (await published())["opel"]
+    assert before["change"] is None  # a first summary: no change seen yet
+    level = before["effective_level"]
+
+    declared = 4 if level != 4 else 1
+    await declare(pool, scope, declared, "Ambulance queue over two hours", T0 + timedelta(minutes=1))
+    now = T0 + timedelta(minutes=2)
+    await first.tick(pool)
+    changed = (await published())["opel"]
+    assert changed["effective_level"] == declared
+    expected = {"from_level": level, "at": iso(now)}
+    assert changed["change"] == expected
+
+    # a restarted replica publishes new figures at the same level: the change it carries is the same
+    now = T0 + timedelta(minutes=5)
+    second = owning_every_site(StateProjection(org, PROFILE, partitions=4, clock=lambda: now))
+    async with pool.acquire() as conn, conn.transaction():
+        await second.apply(conn, occupied(org, 0, 6, now)[3:])
+    after = await published()
+    assert after["version"] > 2
+    assert after["opel"]["change"] == expected
+
+    # an incident review of that time sees the same change, from the kept level series
+    async with pool.acquire() as conn:
+        view = await site_view_as_of(conn, org, PROFILE, site.id, T0 + timedelta(minutes=3), "known")
+    assert view["opel"]["effective_level"] == declared
+    assert view["opel"]["change"] == expected
+    async with pool.acquire() as conn:  # before the change, the level then had no earlier one kept
+        view = await site_view_as_of(conn, org, PROFILE, site.id, T0 + timedelta(seconds=30), "known")
+    assert view["opel"]["change"] is None
