@@ -1,4 +1,4 @@
-"""`icc`: start the system, run one service, mint a dev token, or send a signed message."""
+"""`icc`: start the system, run one service, mint a dev token, send a signed message, or manage keys."""
 
 from __future__ import annotations
 
@@ -10,11 +10,17 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from shared.settings import Settings
 
+if TYPE_CHECKING:
+    import asyncpg
+
 log = logging.getLogger("icc")
+T = TypeVar("T")
 
 
 def _serve(
@@ -45,6 +51,11 @@ def _serve(
         ws=ws,
         ws_ping_interval=ws_ping_interval,
         workers=workers,
+        # The client address (access log, ingest's count of failed authentications) is the peer's,
+        # unless it is a proxy named in ICC_TRUSTED_PROXIES: uvicorn's own default would believe
+        # X-Forwarded-For from any local process.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
     )
     return 0
 
@@ -287,10 +298,136 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_secrets_raw_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.raw_store_keys import key_usage
+    from shared.secrets_store import load
+
+    sealer = load(settings.resolved_secrets_file).raw_store_sealer()
+    roles: dict[str | None, str] = {kid: "previous (opens only)" for kid in sealer.key_ids}
+    roles[sealer.key_id] = "current (seals)"
+    if not settings.database_url:
+        for kid, role in roles.items():
+            print(f"{kid}  {role}")
+        print("(set DATABASE_URL to count the stored rows each key sealed)")
+        return 0
+    usage = asyncio.run(_with_connection(settings.database_url, key_usage))
+    for rows in usage.values():
+        for kid in rows:
+            roles.setdefault(kid, "stored before sealing" if kid is None else "NOT HELD: cannot open")
+    print(f"{'key id':<10}{'':<23}" + "".join(f"{table:>14}" for table in usage))
+    for kid, role in roles.items():
+        counts = "".join(f"{rows.get(kid, 0):>14,}" for rows in usage.values())
+        print(f"{kid or '-':<10}{role:<23}{counts}")
+    return 0
+
+
+def cmd_secrets_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.sealed import key_id
+    from shared.secrets_store import rotate_raw_store_key
+
+    path = settings.resolved_secrets_file
+    if not path.exists():
+        print(f"no secrets file at {path}", file=sys.stderr)
+        return 2
+    rotated = rotate_raw_store_key(path)
+    print(f"current raw store key: {key_id(rotated.raw_store_key)} (new)")
+    for old in rotated.raw_store_previous_keys:
+        print(f"kept to open only:     {key_id(old)}")
+    print(
+        "Restart every ingest replica: each seals with the key it started with. "
+        "Then `icc secrets reseal`, and `icc secrets retire-raw-key ID` for a key no row uses."
+    )
+    return 0
+
+
+def cmd_secrets_reseal(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.raw_store_keys import ResealReport, reseal
+    from shared.secrets_store import load
+
+    if not settings.database_url:
+        print("DATABASE_URL is not set", file=sys.stderr)
+        return 2
+    sealer = load(settings.resolved_secrets_file).raw_store_sealer()
+
+    def progress(report: ResealReport) -> None:
+        log.info("%s: %d resealed after %d batches", report.table, report.resealed, report.batches)
+
+    reports = asyncio.run(
+        _with_connection(
+            settings.database_url,
+            lambda conn: reseal(
+                conn, sealer, batch_rows=args.batch, batch_bytes=args.batch_mib << 20, on_batch=progress
+            ),
+        )
+    )
+    for r in reports:
+        print(
+            f"{r.table}: {r.resealed:,} resealed under key {sealer.key_id} "
+            f"({r.from_plain:,} of them stored before sealing) in {r.batches:,} batches"
+        )
+    unreadable = {r.table: r.unreadable for r in reports if r.unreadable}
+    if unreadable:
+        for table, ids in unreadable.items():
+            shown = ", ".join(map(str, ids[:20])) + (" …" if len(ids) > 20 else "")
+            print(f"{table}: {len(ids):,} rows no key held can open, left as they were (ids {shown})")
+        return 1
+    return 0
+
+
+def cmd_secrets_retire(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.raw_store_keys import key_usage
+    from shared.secrets_store import KeyNotRetirable, load, retire_raw_store_key
+
+    if not settings.database_url:
+        print(
+            "DATABASE_URL is not set: retiring a key needs to see that no stored row uses it", file=sys.stderr
+        )
+        return 2
+    retired = args.key_id.lower()
+    sealer = load(settings.resolved_secrets_file).raw_store_sealer()
+    if retired == sealer.key_id:
+        print(f"{retired} is the current raw store key; rotate first", file=sys.stderr)
+        return 1
+    usage = asyncio.run(_with_connection(settings.database_url, key_usage))
+    in_use = {table: rows[retired] for table, rows in usage.items() if rows.get(retired)}
+    if in_use:
+        counts = ", ".join(f"{table} {n:,}" for table, n in in_use.items())
+        print(
+            f"refused: {sum(in_use.values()):,} stored rows are still sealed with {retired} ({counts}); "
+            "run `icc secrets reseal` first",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        retire_raw_store_key(settings.resolved_secrets_file, retired)
+    except KeyNotRetirable as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"retired raw store key {retired}: no stored row uses it, and it is gone from the secrets file")
+    return 0
+
+
+async def _with_connection(url: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
 def _system_id(settings: Settings) -> str:
     from shared.organisation import load_organisation
 
     return load_organisation(settings.org_file).system.id
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,6 +490,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="apply database migrations to DATABASE_URL")
     mig.set_defaults(func=cmd_migrate)
+
+    keys = sub.add_parser(
+        "secrets", help="the keys that seal raw messages at rest: list, rotate, reseal, retire"
+    )
+    keys_sub = keys.add_subparsers(dest="secrets_command", required=True)
+    raw_keys = keys_sub.add_parser(
+        "raw-keys", help="the raw store keys held, and (with DATABASE_URL) how many stored rows each sealed"
+    )
+    raw_keys.set_defaults(func=cmd_secrets_raw_keys)
+    rotate = keys_sub.add_parser(
+        "rotate-raw-key", help="add a new current raw store key; the old ones are kept to open only"
+    )
+    rotate.set_defaults(func=cmd_secrets_rotate)
+    reseal = keys_sub.add_parser(
+        "reseal", help="seal every stored raw body under the current key, a committed batch at a time"
+    )
+    reseal.add_argument("--batch", type=_positive, default=500, help="rows per batch (default 500)")
+    reseal.add_argument(
+        "--batch-mib",
+        type=int,
+        default=16,
+        help="body bytes per batch, in MiB, past its first row (default 16)",
+    )
+    reseal.set_defaults(func=cmd_secrets_reseal)
+    retire = keys_sub.add_parser(
+        "retire-raw-key", help="drop a previous raw store key that no stored row uses any more"
+    )
+    retire.add_argument("key_id", help="the key's id, as `icc secrets raw-keys` shows it")
+    retire.set_defaults(func=cmd_secrets_retire)
 
     schemas = sub.add_parser("schemas", help="write the JSON Schemas of every event type")
     schemas.add_argument("directory")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Which requests uvicorn's access log records (icc.access_log): error answers only, all, or none.
@@ -70,6 +71,16 @@ class Settings(BaseSettings):
     outbox_retention_hours: float = Field(default=24.0, alias="ICC_OUTBOX_RETENTION_HOURS")
     # How long a taken HL7 message is remembered, so that a re-send is answered without new events.
     hl7_dedup_days: float = Field(default=30.0, alias="ICC_HL7_DEDUP_DAYS")
+    # Retention (ingest purges hourly, in batches; 0 keeps forever). A raw message as received: 30 days,
+    # as long as an HL7 re-send is recognised (recognition reads `hl7_message`, not the raw store); one
+    # a quarantine row links to, or whose events are not yet published, is kept whatever its age.
+    raw_retention_days: float = Field(default=30.0, ge=0, alias="ICC_RAW_RETENTION_DAYS")
+    # A quarantine row once replayed, from its replay; one still open (never replayed), from when it
+    # was last seen: longer, since it waits for someone to fix its cause.
+    quarantine_retention_days: float = Field(default=30.0, ge=0, alias="ICC_QUARANTINE_RETENTION_DAYS")
+    quarantine_open_retention_days: float = Field(
+        default=90.0, ge=0, alias="ICC_QUARANTINE_OPEN_RETENTION_DAYS"
+    )
     max_body_bytes: int = Field(default=1_048_576, alias="ICC_MAX_BODY_BYTES")
     webhook_max_skew_seconds: int = Field(default=300, alias="ICC_WEBHOOK_MAX_SKEW_SECONDS")
     # How far ahead of ICC's clock at receipt a source's event time may be: hospital systems' clocks
@@ -78,6 +89,16 @@ class Settings(BaseSettings):
     # Per source and per ingest replica (token bucket); 0 requests/s turns the limit off.
     rate_limit_per_second: float = Field(default=200.0, ge=0, alias="ICC_RATE_LIMIT_PER_SECOND")
     rate_limit_burst: int = Field(default=400, ge=1, alias="ICC_RATE_LIMIT_BURST")
+    # Requests refused before they were authenticated (401, 413) per client address and window, per
+    # ingest replica: each is kept in the quarantine; beyond the limit they are answered 429 and not
+    # kept, until the window (started by the address's first failure) ends. 0 turns the limit off.
+    auth_failure_limit: int = Field(default=10, ge=0, alias="ICC_AUTH_FAILURE_LIMIT")
+    auth_failure_window_seconds: float = Field(default=300.0, gt=0, alias="ICC_AUTH_FAILURE_WINDOW_SECONDS")
+    # How many client addresses the count is kept for; past that, new addresses share one count.
+    auth_failure_addresses: int = Field(default=10_000, ge=1, alias="ICC_AUTH_FAILURE_ADDRESSES")
+    # Reverse proxies whose X-Forwarded-For is believed (addresses or networks, comma-separated);
+    # empty: none, the client address is always the connection's peer.
+    trusted_proxies: str = Field(default="", alias="ICC_TRUSTED_PROXIES")
     # Aliases of PAS location codes beyond those the organisation file names (a missing file: no aliases);
     # re-read when it changes, so a fix applies to the next message and to quarantine replays.
     location_map_file: Path | None = Field(
@@ -92,6 +113,11 @@ class Settings(BaseSettings):
     feeds_delivery_timeout_seconds: float = Field(
         default=10.0, gt=0, alias="ICC_FEEDS_DELIVERY_TIMEOUT_SECONDS"
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: str) -> str:
+        return ",".join(str(network) for network in parse_networks(value, "ICC_TRUSTED_PROXIES"))
 
     @model_validator(mode="after")
     def _signed_escalation_webhook(self) -> Settings:
@@ -126,6 +152,17 @@ class Settings(BaseSettings):
     def endpoints_file(self) -> Path:
         """Where `icc up` writes the addresses of the embedded database and broker it started."""
         return self.data_dir / "endpoints.json"
+
+
+def parse_networks(text: str, name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """`10.0.0.5, 10.1.0.0/16` → networks (an address is a network of one)."""
+    networks = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"{name} entry {entry!r} is not an address or network: {exc}") from exc
+    return networks
 
 
 @lru_cache(maxsize=1)

@@ -40,6 +40,7 @@ class RawMessage(SQLModel, table=True):
     """Every accepted inbound message, byte for byte, with how many events it produced."""
 
     __tablename__ = "raw_message"
+    __table_args__ = (Index("ix_raw_message_received_at", "received_at"),)  # the retention purge (0010)
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
     source: str
     endpoint: str
@@ -53,6 +54,20 @@ class Quarantine(SQLModel, table=True):
     """Rejected inbound messages, kept raw with the problem that was answered."""
 
     __tablename__ = "quarantine"
+    __table_args__ = (
+        # one open row per refusal: a re-send of it counts there (migration 0010)
+        Index(
+            "ux_quarantine_open_refusal",
+            "refusal_key",
+            unique=True,
+            postgresql_where=text("replayed_at IS NULL"),
+        ),
+        Index(
+            "ix_quarantine_raw_message_id",
+            "raw_message_id",
+            postgresql_where=text("raw_message_id IS NOT NULL"),
+        ),
+    )
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
     source: str | None = None
     endpoint: str
@@ -75,6 +90,11 @@ class Quarantine(SQLModel, table=True):
     body_truncated: bool = Field(
         default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
     )
+    # The same refusal again (source, endpoint, content type, status, reason, body digest: `refusal_key`)
+    # counts on its open row: `received_at` is when it was first seen (migration 0010).
+    refusal_key: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    repeats: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    last_seen_at: datetime = _ts()
 
 
 class Outbox(SQLModel, table=True):

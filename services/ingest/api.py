@@ -9,8 +9,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.ingest.bed_events import BedEventIn
+from services.ingest.event_time_bounds import received_by
 from services.ingest.intake import problem_answer, run_live
 from services.ingest.json_api import process_bed_events
+from services.ingest.retention import PURGED_COUNTER
+from services.ingest.source_auth import failed_auth_limiter
 from shared.auth import Role
 from shared.problems import OrjsonResponse, Problem
 from shared.runtime import CurrentRuntime, CurrentUser, readiness
@@ -35,7 +38,8 @@ router = APIRouter()
     },
 )
 async def post_bed_event(request: Request) -> Response:
-    return await run_live(request, process_bed_events, problem_answer)
+    with received_by(request.app.state.runtime.settings):
+        return await run_live(request, process_bed_events, problem_answer)
 
 
 @router.get("/v1/quarantine", summary="Rejected messages, newest first (admin)")
@@ -47,17 +51,42 @@ async def list_quarantine(
             403, "forbidden", "Admins only", "the quarantine holds raw messages; it needs the admin role"
         )
     # `size` is what was received; a request that failed authentication is kept only in part
-    # (`body_truncated`), with the digest of the whole body
+    # (`body_truncated`), with the digest of the whole body. `received_at` is when the refusal was
+    # first seen; the same refusal again counts on its open row (`repeats`, `last_seen_at`).
     rows = await runtime.db.fetch(
         "SELECT id, source, endpoint, content_type, status_code, problem, received_at, "
-        "coalesce(body_length, length(body)) AS size, body_truncated, "
+        "repeats, last_seen_at, coalesce(body_length, length(body)) AS size, body_truncated, "
         "encode(body_sha256, 'hex') AS body_sha256, "
         "replay_count, last_replay_at, replayed_at, raw_message_id, event_ids "
         "FROM quarantine WHERE ($1::bigint IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
         before_id,
         min(max(limit, 1), 500),
     )
-    return {"items": [dict(r) for r in rows]}
+    # what the retention purge (services/ingest/retention.py) has deleted so far
+    purged = await runtime.db.fetch(
+        "SELECT name, value FROM ingest_counter WHERE source = '' AND name LIKE $1",
+        PURGED_COUNTER + "%",
+    )
+    return {
+        "items": [dict(r) for r in rows],
+        "purged": {r["name"].removeprefix(PURGED_COUNTER): r["value"] for r in purged},
+    }
+
+
+@router.get(
+    "/v1/auth-failures",
+    summary="Client addresses failing authentication now, and how many requests were refused (admin)",
+)
+async def list_auth_failures(runtime: CurrentRuntime, user: CurrentUser) -> dict[str, Any]:
+    if user.role is not Role.admin:
+        raise Problem(403, "forbidden", "Admins only", "the addresses of failing senders need the admin role")
+    limiter = failed_auth_limiter(runtime)
+    return {
+        "limit": limiter.limit,
+        "window_seconds": limiter.window,
+        "refused_total": limiter.refused_total,
+        "items": limiter.current(),
+    }
 
 
 @router.get("/healthz", include_in_schema=False)

@@ -17,10 +17,10 @@ from services.ingest.hl7_routes import router as hl7_router
 from services.ingest.intake import IngestContext, Processor
 from services.ingest.location_source import LocationMapSource
 from services.ingest.mllp import MllpServer, parse_allow_list
+from services.ingest.retention import Retention, keep_purged
 from shared import problems
 from shared.outbox import OutboxRelay
 from shared.runtime import Runtime, load_runtime, settle_heap
-from shared.sealed import Sealer
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
@@ -32,7 +32,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
-        sealer = Sealer(runtime.secrets.raw_store_key)
+        sealer = runtime.secrets.raw_store_sealer()  # current key seals; previous ones still open
         writer = GroupCommitWriter(runtime.db, sealer=sealer, steps=[Hl7Bookkeeping()])
         relay = OutboxRelay(
             runtime.database_url,
@@ -67,6 +67,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             asyncio.create_task(writer.run(), name="group-commit"),
             asyncio.create_task(relay.run(stop)),
             asyncio.create_task(keep_pruned(runtime.db, timedelta(days=settings.hl7_dedup_days), stop)),
+            asyncio.create_task(keep_purged(runtime.db, Retention.of(settings), stop), name="retention"),
         ]
         mllp = None
         if settings.mllp_port:
@@ -77,6 +78,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
                 rules=mllp_rules,
                 max_frame=settings.max_body_bytes,
                 idle_seconds=settings.mllp_idle_seconds,
+                settings=settings,
             )
             await mllp.start()
             runtime.extra["mllp"] = mllp

@@ -10,7 +10,6 @@ is processed once; a re-post gets the same event ids back, marked duplicate, and
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from services.ingest.event_time_bounds import EventTimeBounds, received_by
 from services.ingest.fhir_encounter import (
     KnownEncounter,
     Unmappable,
@@ -134,7 +134,7 @@ async def _apply(
     *,
     strict: bool,
     force_map_reload: bool,
-    received_at: dt.datetime,
+    bounds: EventTimeBounds,
 ) -> list[OutboxEvent]:
     """Inside the commit: dedup by version, map against what is known, remember the new knowledge
     and count the locations the mapping lacks (a duplicate version maps nothing, so counts nothing)."""
@@ -177,7 +177,8 @@ async def _apply(
                 key=key,
                 source=source,
                 version_id=result.version_id,
-                received_at=received_at,
+                received_at=bounds.received_at,
+                bounds=bounds,
             )
         except Unmappable as exc:
             if strict:
@@ -253,7 +254,9 @@ def _entry_outcome(result: EntryResult) -> dict[str, Any]:
 
 
 async def process(ctx: IngestContext, message: Message, commit: Commit, *, replay: bool) -> Answer:
-    received_at = utcnow()  # what the event times are bounded by, not the commit's time after a queue
+    # what the event times are bounded by: the time of receipt, not the commit's after a queue, and
+    # the receiving runtime's setting (read here: the commit runs in the group-commit writer's task)
+    bounds = EventTimeBounds.at_receipt()
     if (path := nul_path(message.body)) is not None:
         return _rejected_whole(message, 400, [_nul_issue(message.body, path)])
     try:
@@ -286,7 +289,7 @@ async def process(ctx: IngestContext, message: Message, commit: Commit, *, repla
             results,
             strict=strict,
             force_map_reload=replay,
-            received_at=received_at,
+            bounds=bounds,
         )
 
     item = Inbound(message.source, message.endpoint, message.content_type, message.body, [], prepare)
@@ -368,4 +371,5 @@ def _rejected_whole(message: Message, status: int, issues: list[Issue]) -> Answe
     },
 )
 async def post_fhir(request: Request) -> Response:
-    return await run_live(request, process, render_problem)
+    with received_by(request.app.state.runtime.settings):
+        return await run_live(request, process, render_problem)

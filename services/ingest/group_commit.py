@@ -13,7 +13,9 @@ others that share its transaction: the batch is then committed again one message
 and only that message gets `Unstorable`, which each interface answers as a refusal of the message
 (never "send it again": it would fail the same way). A fault in ICC itself is isolated the same way
 (that message gets the exception). Any other database error (a lost connection, a server shutting
-down) fails the whole batch as it is, and is answered "send it again".
+down) fails the whole batch as it is, and is answered "send it again". So does a data exception that
+is about the database rather than the data (a sequence at its maximum value): it would refuse every
+message alike, and the messages are not at fault.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 # What PostgreSQL says about the data written rather than about itself: SQLSTATE classes 22 (data
 # exception: a NUL character in text, a number out of range) and 23 (integrity constraint violation).
 DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+# Data exceptions that say the database has run out of something, not that the data is wrong: a
+# sequence at its maximum value (2200H: ids for raw messages, events, quarantine rows) refuses every
+# message until someone raises it. They fail the batch as any database error does ("send it again").
+DATABASE_LIMITS = (asyncpg.exceptions.SequenceGeneratorLimitExceededError,)
+
+
+def refuses_the_data(exc: BaseException) -> bool:
+    """Whether the database refused the data written (the message's fault), not failed itself."""
+    return isinstance(exc, DATA_ERRORS) and not isinstance(exc, DATABASE_LIMITS)
 
 
 class Unstorable(Exception):
@@ -100,14 +111,15 @@ class GroupCommitWriter:
             failure: Exception
             try:
                 inserted = await self._commit(batch)
-            except DATA_ERRORS as exc:
-                failure = exc
             except DB_ERRORS as exc:
-                log.error("group commit of %d messages failed: %s", len(batch), exc)
-                for item in batch:
-                    if not item.done.done():
-                        item.done.set_exception(exc)
-                continue
+                if refuses_the_data(exc):
+                    failure = exc
+                else:
+                    log.error("group commit of %d messages failed: %s", len(batch), exc)
+                    for item in batch:
+                        if not item.done.done():
+                            item.done.set_exception(exc)
+                    continue
             # a fault in ICC (in a step, say) is isolated alike, and the writer goes on
             except Exception as exc:
                 failure = exc
@@ -132,11 +144,12 @@ class GroupCommitWriter:
             item.events, item.raw_id, item.error = events, None, None
             try:
                 inserted = await self._commit([item])
-            except DATA_ERRORS as exc:
-                self._fail(item, exc)
             except DB_ERRORS as exc:
-                log.error("commit of a message from %s failed: %s", item.source, exc)
-                item.done.set_exception(exc)
+                if refuses_the_data(exc):
+                    self._fail(item, exc)
+                else:
+                    log.error("commit of a message from %s failed: %s", item.source, exc)
+                    item.done.set_exception(exc)
             except Exception as exc:  # as in `run`
                 self._fail(item, exc)
             else:
@@ -145,7 +158,7 @@ class GroupCommitWriter:
     def _fail(self, item: Inbound, exc: Exception) -> None:
         """This message alone fails: the database refused its data (`Unstorable`), or ICC failed on it
         (the exception itself, its traceback logged here)."""
-        if isinstance(exc, DATA_ERRORS):
+        if isinstance(exc, asyncpg.PostgresError) and refuses_the_data(exc):
             log.error("a message from %s to %s refused by the database: %s", item.source, item.endpoint, exc)
             item.done.set_exception(Unstorable(exc))
         else:

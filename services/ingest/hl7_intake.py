@@ -39,7 +39,8 @@ from services.ingest.hl7_er7 import (
     reject,
     split_body,
 )
-from services.ingest.intake import Answer, Commit, IngestContext, Message
+from services.ingest.intake import Answer, Commit, IngestContext, Message, Rejected
+from services.ingest.intake import quarantine as keep_refused
 from services.ingest.location_source import LocationMapSource, list_unmapped
 from shared.events import utcnow
 from shared.problems import PROBLEM_BASE
@@ -315,23 +316,10 @@ async def quarantine(
     status: int,
     exc: Hl7Error,
 ) -> None:
-    await pool.execute(
-        """
-        WITH kept AS (
-            INSERT INTO quarantine (source, endpoint, content_type, body, status_code, problem)
-            VALUES ($1, $2, $3, $4, $5, $6)
-        )
-        INSERT INTO ingest_counter (source, name, value) VALUES (coalesce($1, ''), $7, 1)
-        ON CONFLICT (source, name) DO UPDATE SET value = ingest_counter.value + 1, updated_at = now()
-        """,
-        source,
-        endpoint,
-        content_type,
-        sealer.seal(raw),
-        status,
-        problem_body(exc, status, endpoint),
-        f"hl7.{'rejected' if exc.ack is AckCode.reject else 'error'}",
-    )
+    """Keep a refused message (the same one refused again counts on its open row), and count it."""
+    counter = f"hl7.{'rejected' if exc.ack is AckCode.reject else 'error'}"
+    refused = Rejected(raw, content_type, status, problem_body(exc, status, endpoint))
+    await keep_refused(pool, sealer, source, endpoint, [refused], counter=counter)
 
 
 class Hl7Bookkeeping:

@@ -5,7 +5,8 @@ request is always answered with an HL7 ACK: HTTP 200 with `MSA|AA`, 400 with `AR
 could not be taken: not HL7, wrong type, version or processing id), 422 with `AE` (its content is
 wrong, or ICC cannot store it or failed on it: kept in the quarantine, do not send it again), 503
 with `AR`, ERR 207 and Retry-After when ICC could not store it just now (send it again).
-Authentication failures are 401 problem+json; a body over the limit is 413.
+Authentication failures are 401 problem+json; a body over the limit is 413; too many of either from
+one client address, 429 (problem+json, Retry-After).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from services.ingest.event_time_bounds import received_by
 from services.ingest.hl7_ack import CONTENT_TYPE
 from services.ingest.hl7_intake import RETRY_STATUS, Hl7Intake
 from services.ingest.intake import RETRY_AFTER_SECONDS, Rejected, context_of, quarantine_unauthenticated
@@ -50,6 +52,9 @@ _EXAMPLE_ACK = (
         401: {"description": "not authenticated (problem+json)"},
         413: {"description": "body too large (problem+json)"},
         422: {"description": "MSA|AE with ERR: the content is wrong"},
+        429: {
+            "description": "over the source's rate limit, or too many failed authentications (problem+json)"
+        },
         503: {"description": "MSA|AR with ERR 207: not stored, send it again (see Retry-After)"},
     },
 )
@@ -74,7 +79,8 @@ async def post_hl7v2(request: Request) -> Response:
         raise
     intake: Hl7Intake = runtime.extra["hl7"]
     try:
-        reply = await intake.receive(body, source=source, endpoint=endpoint, content_type=content_type)
+        with received_by(runtime.settings):
+            reply = await intake.receive(body, source=source, endpoint=endpoint, content_type=content_type)
     except Exception:  # a fault in ICC: answered with an ACK all the same, and kept
         log.exception("HL7 body from %s failed in ICC", source)
         reply = await intake.failed(body, source=source, endpoint=endpoint, content_type=content_type)

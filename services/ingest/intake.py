@@ -23,7 +23,6 @@ from services.ingest.group_commit import DB_ERRORS, GroupCommitWriter, Inbound
 from services.ingest.location_source import LocationMapSource
 from services.ingest.source_auth import authenticate, read_body
 from shared.auth import SOURCE_HEADER
-from shared.db import next_ids
 from shared.organisation import Organisation
 from shared.problems import PROBLEM_JSON, Problem
 from shared.runtime import Runtime
@@ -143,33 +142,113 @@ def nul_path(body: bytes) -> list[str | int] | None:
     return None
 
 
+# What a problem says in prose (and may say with the time of receipt in it, as an event-time refusal
+# does); the rest of it, its type, status, codes and the fields or locations it names, is the reason.
+_PROSE = frozenset({"detail", "message", "diagnostics", "text", "timestamp"})
+
+
+def _reason(value: Any) -> Any:
+    """The machine-readable part of a problem (problem+json, OperationOutcome or HL7 problem)."""
+    if isinstance(value, dict):
+        return {k: _reason(v) for k, v in value.items() if k not in _PROSE}
+    if isinstance(value, list):
+        return [_reason(v) for v in value]
+    return value
+
+
+def refusal_key(
+    source: str | None, endpoint: str, content_type: str, status: int, problem: Any, body_sha256: bytes
+) -> bytes:
+    """What makes two refusals the same one: same source and endpoint, same content type, same status
+    and reason, same body (by digest; the stored bodies are sealed, so their bytes always differ)."""
+    return hashlib.sha256(
+        orjson.dumps(
+            [source, endpoint, content_type, status, _reason(problem), body_sha256.hex()],
+            option=orjson.OPT_SORT_KEYS,
+        )
+    ).digest()
+
+
+# Insert each refusal, or count it on the open row of the same refusal: one statement, so two
+# identical refusals at once still make one row (the unique index on open rows' `refusal_key`).
+_KEEP = """
+    INSERT INTO quarantine AS q (source, endpoint, content_type, body, status_code, problem,
+                                 body_length, body_sha256, body_truncated, refusal_key, repeats)
+    SELECT $1, $2, u.content_type, u.body, u.status_code, u.problem,
+           u.body_length, u.body_sha256, u.body_truncated, u.refusal_key, u.times - 1
+    FROM unnest($3::text[], $4::bytea[], $5::int[], $6::jsonb[], $7::bigint[], $8::bytea[],
+                $9::bool[], $10::bytea[], $11::int[])
+        AS u(content_type, body, status_code, problem, body_length, body_sha256, body_truncated,
+             refusal_key, times)
+    ON CONFLICT (refusal_key) WHERE replayed_at IS NULL
+    DO UPDATE SET repeats = q.repeats + excluded.repeats + 1, last_seen_at = now()
+    RETURNING q.id, q.refusal_key
+"""
+
+
 async def quarantine(
-    pool: asyncpg.Pool, sealer: Sealer, source: str | None, endpoint: str, parts: Sequence[Rejected]
+    pool: asyncpg.Pool,
+    sealer: Sealer,
+    source: str | None,
+    endpoint: str,
+    parts: Sequence[Rejected],
+    *,
+    kept_bytes: int | None = None,
+    counter: str | None = None,
 ) -> None:
-    """Keep rejected messages (or parts of one) raw and sealed, one row each; tell each outcome its
-    row id."""
+    """Keep rejected messages (or parts of one) raw and sealed, one row per refusal; tell each
+    outcome its row id.
+
+    The same refusal again (a sender re-sending what was refused) is counted on its open row
+    (`repeats`, `last_seen_at`) rather than kept once more; once the row is replayed, the next one
+    gets a row of its own. `kept_bytes` keeps only the start of each body (its full length and
+    digest are kept too); `counter` names an `ingest_counter` of the source counting each refusal.
+    """
     if not parts:
         return
-    async with pool.acquire() as conn:
-        ids = await next_ids(conn, "quarantine", len(parts))
-        await conn.execute(
-            """
-            INSERT INTO quarantine (id, source, endpoint, content_type, body, status_code, problem)
-            SELECT u.id, $1, $2, u.content_type, u.body, u.status_code, u.problem
-            FROM unnest($3::bigint[], $4::text[], $5::bytea[], $6::int[], $7::jsonb[])
-                AS u(id, content_type, body, status_code, problem)
+    groups: dict[bytes, list[Rejected]] = {}
+    digests: dict[bytes, bytes] = {}
+    for part in parts:
+        digest = hashlib.sha256(part.body).digest()
+        key = refusal_key(source, endpoint, part.content_type, part.status, part.problem, digest)
+        groups.setdefault(key, []).append(part)
+        digests[key] = digest
+    keys = sorted(groups)  # one order for every writer, so concurrent refusals cannot deadlock
+    firsts = [groups[k][0] for k in keys]
+    arguments = [
+        source,
+        endpoint,
+        [p.content_type for p in firsts],
+        [sealer.seal(p.body if kept_bytes is None else p.body[:kept_bytes]) for p in firsts],
+        [p.status for p in firsts],
+        [p.problem for p in firsts],
+        [len(p.body) for p in firsts],
+        [digests[k] for k in keys],
+        [kept_bytes is not None and len(p.body) > kept_bytes for p in firsts],
+        keys,
+        [len(groups[k]) for k in keys],
+    ]
+    if counter is None:
+        rows = await pool.fetch(_KEEP, *arguments)
+    else:
+        rows = await pool.fetch(
+            f"""
+            WITH kept AS ({_KEEP}), counted AS (
+                INSERT INTO ingest_counter (source, name, value) VALUES (coalesce($1, ''), $12, $13)
+                ON CONFLICT (source, name) DO UPDATE
+                   SET value = ingest_counter.value + excluded.value, updated_at = now()
+            )
+            SELECT * FROM kept
             """,
-            source,
-            endpoint,
-            ids,
-            [p.content_type for p in parts],
-            [sealer.seal(p.body) for p in parts],
-            [p.status for p in parts],
-            [p.problem for p in parts],
+            *arguments,
+            counter,
+            len(parts),
         )
-    for part, row_id in zip(parts, ids, strict=True):
-        if part.outcome is not None:
-            part.outcome["quarantine_id"] = row_id
+    ids = {bytes(r["refusal_key"]): r["id"] for r in rows}
+    for key, group in groups.items():
+        for part in group:
+            if part.outcome is not None:
+                part.outcome["quarantine_id"] = ids[key]
 
 
 async def quarantine_unauthenticated(
@@ -180,30 +259,12 @@ async def quarantine_unauthenticated(
     Anyone who can reach the port can send one, so a 401's body is kept only up to
     `UNAUTHENTICATED_KEPT_BYTES`, with its full length and SHA-256 (such rows are never replayed, so
     the rest is never needed). A 413's body was never read; a 429 is not kept at all: the sender
-    retries and nothing was wrong with the message.
+    retries and nothing was wrong with the message. The same refusal again counts on its row.
     """
     if refused.status == 429:
         return
-    if refused.status != 401:
-        await quarantine(pool, sealer, source, endpoint, [refused])
-        return
-    body = refused.body
-    await pool.execute(
-        """
-        INSERT INTO quarantine (source, endpoint, content_type, body, status_code, problem,
-                                body_length, body_sha256, body_truncated)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-        """,
-        source,
-        endpoint,
-        refused.content_type,
-        sealer.seal(body[:UNAUTHENTICATED_KEPT_BYTES]),
-        refused.status,
-        refused.problem,
-        len(body),
-        hashlib.sha256(body).digest(),
-        len(body) > UNAUTHENTICATED_KEPT_BYTES,
-    )
+    kept_bytes = UNAUTHENTICATED_KEPT_BYTES if refused.status == 401 else None
+    await quarantine(pool, sealer, source, endpoint, [refused], kept_bytes=kept_bytes)
 
 
 def context_of(runtime: Runtime) -> IngestContext:

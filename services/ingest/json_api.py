@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from services.ingest import bed_events, bed_management, ed_events, json_batches
 from services.ingest.bed_management import BedActionIn
-from services.ingest.event_time_bounds import EventTimeBounds
+from services.ingest.event_time_bounds import EventTimeBounds, received_by
 from services.ingest.intake import Answer, Commit, IngestContext, Message, problem_answer, run_live
 
 router = APIRouter()
@@ -65,7 +65,7 @@ _RESPONSES: dict[int | str, dict[str, str]] = {
     401: {"description": "not authenticated (HMAC signature or API key)"},
     413: {"description": "body over the size limit"},
     422: {"description": "invalid: problem+json naming the field; NDJSON: no line accepted"},
-    429: {"description": "over the source's rate limit; see Retry-After"},
+    429: {"description": "over the source's rate limit, or too many failed authentications; see Retry-After"},
 }
 
 
@@ -84,7 +84,8 @@ _RESPONSES: dict[int | str, dict[str, str]] = {
     responses=_RESPONSES,
 )
 async def post_ed_events(request: Request) -> Response:
-    return await run_live(request, process_ed, problem_answer)
+    with received_by(request.app.state.runtime.settings):
+        return await run_live(request, process_ed, problem_answer)
 
 
 @router.post(
@@ -99,4 +100,5 @@ async def post_ed_events(request: Request) -> Response:
     responses=_RESPONSES,
 )
 async def post_bed_management(request: Request) -> Response:
-    return await run_live(request, process_bed_management, problem_answer)
+    with received_by(request.app.state.runtime.settings):
+        return await run_live(request, process_bed_management, problem_answer)

@@ -22,9 +22,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from services.ingest.event_time_bounds import received_by
 from services.ingest.hl7_ack import build_ack
 from services.ingest.hl7_er7 import AckCode, ErrorCode, Hl7Problem
 from services.ingest.hl7_intake import Hl7Intake, Reply
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +135,11 @@ class MllpServer:
         rules: tuple[AllowRule, ...],
         max_frame: int,
         idle_seconds: float = IDLE_SECONDS,
+        settings: Settings | None = None,
     ) -> None:
         self.intake = intake
+        # the receiving runtime's settings, which event times are judged by; None: the process's
+        self.settings = settings
         self.host = host
         self.port = port
         self.rules = rules
@@ -204,9 +209,10 @@ class MllpServer:
 
     async def _reply(self, frame: bytes, source: str) -> Reply:
         try:
-            return await self.intake.receive(
-                frame, source=source, endpoint=self.endpoint, content_type=CONTENT_TYPE
-            )
+            with received_by(self.settings) if self.settings is not None else contextlib.nullcontext():
+                return await self.intake.receive(
+                    frame, source=source, endpoint=self.endpoint, content_type=CONTENT_TYPE
+                )
         except Exception:  # a fault in ICC: this frame is answered, and the connection serves the next
             log.exception("MLLP frame from %s failed in ICC", source)
             return await self.intake.failed(

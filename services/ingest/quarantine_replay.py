@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 from fastapi import APIRouter
 
+from services.ingest.event_time_bounds import received_by
 from services.ingest.group_commit import GroupCommitWriter, Inbound
 from services.ingest.intake import Message, Processor, context_of
 from shared.auth import Role
@@ -89,7 +90,8 @@ async def replay(quarantine_id: int, runtime: CurrentRuntime, user: CurrentUser)
         return {e.event_id for e in item.events} & inserted
 
     try:
-        answer = await processor(context_of(runtime), message, commit, replay=True)
+        with received_by(runtime.settings):  # its event times judged by this runtime's settings
+            answer = await processor(context_of(runtime), message, commit, replay=True)
     except _AlreadyReplayed:
         raise _conflict(quarantine_id) from None
     outcome: dict[str, Any] = {"status": answer.status, "answer": answer.content}
