@@ -226,6 +226,12 @@ class Escalation(SQLModel, table=True):
         ),
         Index("ix_escalation_site_status", "site_id", "status"),
         Index("ix_escalation_promote_at", "promote_at", postgresql_where=text("promote_at IS NOT NULL")),
+        # the recently closed ones the gateway loads at start-up (migration 0011)
+        Index(
+            "ix_escalation_closed_updated_at",
+            "updated_at",
+            postgresql_where=text("status NOT IN ('open', 'acknowledged')"),
+        ),
     )
     id: uuid.UUID = Field(sa_column=Column(Uuid, primary_key=True))
     dedup_key: str

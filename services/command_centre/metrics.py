@@ -21,7 +21,17 @@ from shared.organisation import Ward, WardType
 GA_TYPES = frozenset({WardType.general_acute, WardType.assessment, WardType.paediatric})
 MAJORS_RESUS_ACUITY = frozenset({1, 2, 3})
 HANDOVER_STANDARD = timedelta(minutes=15)
+# NHS England's A&E definitions, by time in department (arrival to departure, or to `now`):
+FOUR_HOURS = timedelta(hours=4)  # the 4-hour standard is met at 4 h 00 min or less
+TWELVE_HOURS = timedelta(hours=12)  # a 12-hour breach is more than 12 h 00 min from arrival
+# Each bucket holds the stays above its lower bound up to and including its upper bound (the first
+# from 0), so the buckets up to 4 h are exactly the stays within the standard and `over_12h` is
+# exactly the patients counted by `ed_over_12h_now`.
 TIME_IN_DEPARTMENT_BUCKETS = ((0, 1), (1, 2), (2, 4), (4, 8), (8, 12), (12, None))
+_BUCKET_LIMITS = tuple(
+    (f"{lo}-{hi}h" if hi is not None else f"over_{lo}h", timedelta(hours=hi) if hi is not None else None)
+    for lo, hi in TIME_IN_DEPARTMENT_BUCKETS
+)
 
 
 class WardMetrics(BaseModel):
@@ -137,15 +147,16 @@ def all_ward_metrics(
     for encounter in state.encounters.values():
         state_name, ward_id = encounter.state, encounter.ward_id
         if state_name == "preadmitted":
-            add(encounter.pending_ward, "pending")
+            if encounter.pending(now):
+                add(encounter.pending_ward, "pending")
         elif state_name == "active" and ward_id in flows:
             add(ward_id, "patients")
-            specialty = encounter.specialty.value if encounter.specialty else None
+            specialty = encounter.detail(encounter.specialty)
             if specialty and specialty.lower() != by_id[ward_id].specialty.lower():
                 add(ward_id, "outliers")
-            if encounter.expected_discharge and encounter.expected_discharge.value == today:
+            if encounter.detail(encounter.expected_discharge) == today:
                 add(ward_id, "expected")
-            if encounter.on_leave and encounter.on_leave.value:
+            if encounter.detail(encounter.on_leave):
                 add(ward_id, "on_leave")
         elif state_name == "discharged":
             if encounter.since is not None and midnight <= encounter.since <= now:
@@ -240,7 +251,7 @@ def _ed_figures(state: SiteState, now: datetime) -> dict[str, object]:
     last_week_end = same_time_last_week(now)
     last_week_start = midnight_before(last_week_end)
     stages = dict.fromkeys(("awaiting_assessment", "awaiting_treatment", "in_treatment", "dta"), 0)
-    buckets = {_bucket_name(lo, hi): 0 for lo, hi in TIME_IN_DEPARTMENT_BUCKETS}
+    buckets = dict.fromkeys((name for name, _ in _BUCKET_LIMITS), 0)
     in_department = over_12h = majors_resus = 0
     longest_dta: timedelta | None = None
     arrivals = arrivals_last_week = departures = within_4h = breaches_12h = 0
@@ -261,14 +272,14 @@ def _ed_figures(state: SiteState, now: datetime) -> dict[str, object]:
             if departed >= midnight:
                 departures += 1
                 stay = departed - arrived
-                within_4h += stay <= timedelta(hours=4)
-                breaches_12h += stay > timedelta(hours=12)
+                within_4h += stay <= FOUR_HOURS
+                breaches_12h += stay > TWELVE_HOURS
             continue
         if arrived > now:
             continue
         in_department += 1
         stay = now - arrived
-        over_12h += stay > timedelta(hours=12)
+        over_12h += stay > TWELVE_HOURS
         buckets[_bucket_for(stay)] += 1
         acuity = attendance.acuity.value if attendance.acuity else None
         if acuity in MAJORS_RESUS_ACUITY:
@@ -429,13 +440,9 @@ def fold(sites: list[SiteMetrics], as_of: datetime) -> SiteMetrics:
     return finish(SiteMetrics.model_validate(values))
 
 
-def _bucket_name(lo: int, hi: int | None) -> str:
-    return f"{lo}-{hi}h" if hi is not None else f"over_{lo}h"
-
-
 def _bucket_for(stay: timedelta) -> str:
-    hours = stay.total_seconds() / 3600.0
-    for lo, hi in TIME_IN_DEPARTMENT_BUCKETS:
-        if hi is None or hours < hi:
-            return _bucket_name(lo, hi)
+    """The time-in-department bucket of a stay: its upper bound included (exactly 12 h is `8-12h`)."""
+    for name, upper in _BUCKET_LIMITS:
+        if upper is None or stay <= upper:
+            return name
     raise AssertionError("unreachable: the last bucket is open-ended")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -63,6 +63,11 @@ SETTLE_AFTER = timedelta(days=2)
 """How long an encounter's events stay in its timeline, each placeable against a late one. Older
 events are settled into one summary: no figure counts them any more (they are before yesterday),
 and a patient event dated before the summary is too late to place (docs/metrics.md)."""
+LAPSE_AFTER = HISTORY + SETTLE_AFTER
+"""How long an encounter that no event has placed (only updates, leave, a pre-admission) is kept
+after its last event, and after the admission a pre-admission expected. By then nothing it holds
+counts (`Encounter.pending`, `Encounter.detail`), even for an event up to SETTLE_AFTER late, so a
+prune forgets it."""
 
 
 def stamp_of(envelope: Envelope) -> Stamp:
@@ -131,6 +136,7 @@ class Settled(NamedTuple):
     ward: str | None
     bed: str | None
     since: datetime | None
+    moved: datetime | None = None  # the stay's first movement (None: none yet, or settled before it was kept)
 
 
 class Placement(NamedTuple):
@@ -221,6 +227,17 @@ class Encounter:
     expected_discharge: Register | None = None
     on_leave: Register | None = None
     planned: Register | None = None  # a pre-admission's intended ward (A05): pending until admitted
+    expected_admit: Register | None = None  # the latest A05's expected admission (None: not stated)
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Restore a pickled encounter (a snapshot): a field added since it was taken gets its default."""
+        _, slots = state
+        for f in fields(self):
+            if f.name in slots:
+                value = slots[f.name]
+            else:
+                value = f.default_factory() if f.default_factory is not MISSING else f.default
+            object.__setattr__(self, f.name, value)
 
     @property
     def state(self) -> str:
@@ -230,6 +247,69 @@ class Encounter:
     @property
     def pending_ward(self) -> str | None:
         return self.planned.value if self.planned is not None and self.state == "preadmitted" else None
+
+    def pending(self, now: datetime) -> bool:
+        """Pre-admitted, and its latest A05 was sent, or expects the admission, no more than HISTORY
+        before `now`: an admission planned long ago that never came is no longer pending."""
+        if self.state != "preadmitted" or self.planned is None:
+            return False
+        return self._plan_time() >= now - HISTORY
+
+    def _plan_time(self) -> datetime:
+        """The later of the latest A05's time and the admission it expects (pre-admitted only)."""
+        assert self.planned is not None
+        sent = self.planned.stamp[0]
+        expected = self.expected_admit.value if self.expected_admit is not None else None
+        return expected if expected is not None and expected > sent else sent
+
+    def first_moved(self) -> datetime | None:
+        """When an event first placed the patient (admitted, transferred, ...: not an update)."""
+        settled = self.settled
+        if settled is not None and settled.status != "none":
+            return settled.moved
+        return next((f.stamp[0] for f in self.facts if f.step is not Step.updated), None)
+
+    def detail(self, register: Register | None) -> Any:
+        """A detail of the stay (specialty, expected discharge, leave), or None when it is stale:
+        stated more than HISTORY before the stay's first movement, or before the pre-admission that
+        planned it (an A05 expecting the admission no more than HISTORY before that movement)."""
+        if register is None:
+            return None
+        stated = register.stamp[0]
+        if self.since is not None and stated >= self.since - HISTORY:
+            return register.value  # the first movement is at or before `since`: not stale
+        moved = self.first_moved()
+        if moved is None:
+            return register.value
+        anchor = moved
+        if self.planned is not None and self.expected_admit is not None:
+            expected = self.expected_admit.value
+            if expected is not None and expected >= moved - HISTORY:
+                anchor = min(moved, self.planned.stamp[0])
+        return register.value if stated >= anchor - HISTORY else None
+
+    def last_heard(self) -> datetime | None:
+        """The time of the encounter's latest event (None: no event left anything to keep)."""
+        times = [
+            r.stamp[0]
+            for r in (self.specialty, self.expected_discharge, self.on_leave, self.planned)
+            if r is not None
+        ]
+        if self.facts:
+            times.append(self.facts[-1].stamp[0])
+        if self.settled is not None:
+            times.append(self.settled.stamp[0])
+        return max(times, default=None)
+
+    def lapsed(self, now: datetime) -> bool:
+        """No event has placed the patient, and neither an event nor an expected admission is
+        within LAPSE_AFTER before `now`: nothing the encounter holds can count any more."""
+        if self.status != "none":
+            return False
+        heard = self.last_heard()
+        expected = self.expected_admit.value if self.expected_admit is not None else None
+        horizon = now - LAPSE_AFTER
+        return (heard is None or heard < horizon) and (expected is None or expected < horizon)
 
     def admissions(self) -> Iterator[tuple[datetime, str | None]]:
         """(when, into which ward) of each admission still in the timeline."""
@@ -357,6 +437,9 @@ class SiteState:
                 # kept apart from the timeline, so an admission wins whichever is dated first
                 ward = payload.location.ward_id if payload.location else None
                 encounter.planned = _max_register(encounter.planned, ward, stamp)
+                encounter.expected_admit = _max_register(
+                    encounter.expected_admit, payload.expected_admit_at, stamp
+                )
                 return {payload.location.ward_id or ""} if payload.location else {""}
             case LeaveOfAbsence():
                 encounter = self._encounter(payload.encounter_id)
@@ -463,7 +546,8 @@ class SiteState:
                 current = registers.get(bed_id)
                 if current is None or _later(write, (current.stamp, current.value)):
                     registers[bed_id] = Register(write[1], write[0])
-        encounter.settled = Settled(facts[cut - 1].stamp, head.status, head.ward, head.bed, head.since)
+        moved = encounter.first_moved() if head.status != "none" else None  # from the whole timeline
+        encounter.settled = Settled(facts[cut - 1].stamp, head.status, head.ward, head.bed, head.since, moved)
         del facts[:cut]
         rest = encounter.replay()
         encounter.adopt(rest)
@@ -506,10 +590,13 @@ class SiteState:
 
     def prune(self, now: datetime) -> int:
         """Forget what no metric needs any more: ED and handovers older than a week; encounters'
-        events older than SETTLE_AFTER are settled, and a stay over for HISTORY is forgotten.
+        events older than SETTLE_AFTER are settled, a stay over for HISTORY is forgotten, and so is
+        an encounter no event has placed once it has lapsed (`Encounter.lapsed`).
 
         A finished stay is kept (settled, a few hundred bytes) for HISTORY rather than dropped, so
-        that an event dated before its end, arriving late, cannot bring the patient back.
+        that an event dated before its end, arriving late, cannot bring the patient back. A lapsed
+        encounter wrote to no bed and counts nowhere, and its details would be stale for any later
+        movement dated after `now - SETTLE_AFTER`: forgetting it changes no figure.
         """
         horizon = now - HISTORY
         removed = 0
@@ -530,6 +617,9 @@ class SiteState:
             if finished and encounter.since is not None and encounter.since < horizon:
                 self._settle(encounter_id, encounter, None)
                 del self.encounters[encounter_id]
+                removed += 1
+            elif encounter.lapsed(now):
+                del self.encounters[encounter_id]  # no status: no writes to beds to settle
                 removed += 1
         return removed
 

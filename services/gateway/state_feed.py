@@ -23,18 +23,23 @@ from shared.supervise import supervise
 log = logging.getLogger(__name__)
 
 
+SEED_ESCALATIONS = (
+    "SELECT id, dedup_key, rule, tier, scope, origin_scope, site_id, severity, reason, values, status, "
+    "owner, links, promote_at, snoozed_until, flapping, version, created_at, updated_at FROM escalation "
+    # each side states its partial index's predicate (migration 0011), so neither reads the whole table
+    "WHERE status IN ('open', 'acknowledged') "
+    "OR (status NOT IN ('open', 'acknowledged') AND updated_at > $1)"
+)
+"""The open escalations, and those closed since $1."""
+
+
 async def seed_from_database(pool: asyncpg.Pool, live: LiveState) -> None:
     for row in await pool.fetch("SELECT summary FROM ward_state"):
         live.seed(row["summary"])
     for row in await pool.fetch("SELECT summary FROM scope_state"):
         live.update_summary(row["summary"], publish=False)
     # the open ones, and those closed recently enough that a resuming screen must still be told
-    for row in await pool.fetch(
-        "SELECT id, dedup_key, rule, tier, scope, origin_scope, site_id, severity, reason, values, status, "
-        "owner, links, promote_at, snoozed_until, flapping, version, created_at, updated_at "
-        "FROM escalation WHERE status IN ('open', 'acknowledged') OR updated_at > $1",
-        live.clock() - CLOSED_ESCALATION_KEPT,
-    ):
+    for row in await pool.fetch(SEED_ESCALATIONS, live.clock() - CLOSED_ESCALATION_KEPT):
         live.update_escalation(escalation_view(row), publish=False)
 
 

@@ -190,8 +190,8 @@ def test_ed_longest_dta_wait(ed: SiteMetrics) -> None:
 def test_ed_time_in_department_buckets(ed: SiteMetrics) -> None:
     assert ed.ed_time_in_department == {
         "0-1h": 1,  # a1
-        "1-2h": 1,  # a2
-        "2-4h": 2,  # a3, and a12 at exactly 2 h
+        "1-2h": 2,  # a2, and a12 at exactly 2 h (a bucket includes its upper bound)
+        "2-4h": 1,  # a3
         "4-8h": 1,  # a4
         "8-12h": 0,
         "over_12h": 1,  # a5
@@ -209,6 +209,41 @@ def test_ed_four_hour_performance_since_midnight(ed: SiteMetrics) -> None:
     assert ed.ed_within_4h_since_midnight == 2
     assert ed.ed_4h_performance_pct == 50.0
     assert ed.ed_12h_breaches_since_midnight == 1
+
+
+def test_ed_four_and_twelve_hour_boundaries_are_the_nhs_ones_in_every_figure() -> None:
+    """Within 4 hours is 4 h 00 min or less; a 12-hour breach is more than 12 h 00 min from arrival.
+
+    The time-in-department buckets put exactly 12 h in `8-12h` and exactly 4 h in `2-4h`, as the
+    patients over 12 hours now and the 4-hour figures count them."""
+    second = timedelta(seconds=1)
+    envelopes = [
+        # in the department at NOW
+        *attendance("in-4h", NOW - timedelta(hours=4)),
+        *attendance("in-4h-1s", NOW - timedelta(hours=4) - second),
+        *attendance("in-12h", NOW - timedelta(hours=12)),
+        *attendance("in-12h-1s", NOW - timedelta(hours=12) - second),
+        # departed since midnight
+        *attendance("out-4h", at(5), departed=at(9)),
+        *attendance("out-4h-1s", at(5) - second, departed=at(9)),
+        *attendance("out-12h", at(20, day=YESTERDAY), departed=at(8)),
+        *attendance("out-12h-1s", at(20, day=YESTERDAY) - second, departed=at(8)),
+    ]
+    m = site_metrics(state_of(RXN01, envelopes), NOW)
+
+    assert m.ed_time_in_department == {
+        "0-1h": 0,
+        "1-2h": 0,
+        "2-4h": 1,  # exactly 4 h
+        "4-8h": 1,  # 4 h and a second
+        "8-12h": 1,  # exactly 12 h: not over 12 hours
+        "over_12h": 1,  # 12 h and a second
+    }
+    assert m.ed_over_12h_now == m.ed_time_in_department["over_12h"] == 1
+    assert m.ed_over_12h_pct == 25.0
+    assert m.ed_departures_since_midnight == 4
+    assert m.ed_within_4h_since_midnight == 1  # exactly 4 h meets the standard; a second more does not
+    assert m.ed_12h_breaches_since_midnight == 1  # exactly 12 h is not a breach; a second more is
 
 
 def test_ed_median_time_to_treatment_of_those_seen_since_midnight(ed: SiteMetrics) -> None:
