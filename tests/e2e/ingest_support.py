@@ -19,9 +19,11 @@ import orjson
 
 from icc.embedded import Broker, free_port
 from icc.stack import Stack
-from shared.auth import API_KEY_HEADER, SOURCE_HEADER, sign_webhook
+from shared.auth import API_KEY_HEADER, SOURCE_HEADER, Role, sign_webhook
 from shared.secrets_store import Secrets, load_or_create
 from tests.conftest import _create_database, make_settings
+from tests.helpers import token
+from tests.hl7_samples import signed_headers
 
 
 @dataclass
@@ -140,3 +142,26 @@ def bundle(kind: str, resources: list[dict[str, Any]]) -> dict[str, Any]:
             for r in resources
         ],
     }
+
+
+def admin(ingest: Ingest) -> dict[str, str]:
+    """Headers of an admin of the sample system (quarantine, stats, auth failures)."""
+    return {"Authorization": f"Bearer {token(ingest.secrets, Role.admin, 'system:QXN')}"}
+
+
+async def admin_json(client: httpx.AsyncClient, ingest: Ingest, path: str) -> dict[str, Any]:
+    """GET an admin endpoint of ingest and its JSON answer (200 expected)."""
+    response = await client.get(f"{ingest.url}{path}", headers=admin(ingest))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def post_hl7(client: httpx.AsyncClient, ingest: Ingest, body: str) -> httpx.Response:
+    """An HL7 v2 message posted signed by the `pas` source."""
+    raw = body.encode()
+    return await client.post(
+        f"{ingest.url}/v1/pas/hl7v2",
+        content=raw,
+        headers=signed_headers(ingest.secrets.webhook_secrets["pas"], raw),
+    )

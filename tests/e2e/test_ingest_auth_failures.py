@@ -16,9 +16,8 @@ import httpx
 import orjson
 import pytest
 
-from shared.auth import API_KEY_HEADER, SOURCE_HEADER, Role
-from tests.e2e.ingest_support import Ingest, encounter, ingest_only, new_id, now_iso, post
-from tests.helpers import token
+from shared.auth import API_KEY_HEADER, SOURCE_HEADER
+from tests.e2e.ingest_support import Ingest, admin_json, encounter, ingest_only, new_id, now_iso, post
 from tests.hl7_samples import adt, signed_headers
 
 pytestmark = pytest.mark.e2e
@@ -78,11 +77,7 @@ async def kept(conn: asyncpg.Connection) -> int:
 
 
 async def failing_now(client: httpx.AsyncClient, ingest: Ingest) -> dict[str, Any]:
-    admin = {"Authorization": f"Bearer {token(ingest.secrets, Role.admin, 'system:QXN')}"}
-    response = await client.get(f"{ingest.url}/v1/auth-failures", headers=admin)
-    assert response.status_code == 200, response.text
-    listed: dict[str, Any] = response.json()
-    return listed
+    return await admin_json(client, ingest, "/v1/auth-failures")
 
 
 async def test_failures_from_one_address_are_kept_up_to_the_limit_then_refused_and_not_kept(

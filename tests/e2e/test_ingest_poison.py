@@ -38,9 +38,18 @@ from shared.pseudonymise import IdKind
 from shared.sealed import Sealer, new_key
 from shared.secrets_store import Secrets
 from tests.conftest import SAMPLE_LOCATION_MAP, eventually
-from tests.e2e.ingest_support import NHS_NUMBER, Ingest, encounter, ingest_only, new_id, now_iso, post
+from tests.e2e.ingest_support import (
+    NHS_NUMBER,
+    Ingest,
+    encounter,
+    ingest_only,
+    new_id,
+    now_iso,
+    post,
+    post_hl7,
+)
 from tests.helpers import bed_event, opened, token
-from tests.hl7_samples import MllpClient, adt, batch, evn, msh, pid, pv1, segments_of, signed_headers
+from tests.hl7_samples import MllpClient, adt, batch, evn, msh, pid, pv1, segments_of
 from tests.integration.support import bed_envelope, outbox_event
 
 pytestmark = pytest.mark.e2e
@@ -61,15 +70,6 @@ def ingest(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=60) as c:
         yield c
-
-
-async def post_hl7(client: httpx.AsyncClient, ingest: Ingest, body: str) -> httpx.Response:
-    raw = body.encode()
-    return await client.post(
-        f"{ingest.url}/v1/pas/hl7v2",
-        content=raw,
-        headers=signed_headers(ingest.secrets.webhook_secrets["pas"], raw),
-    )
 
 
 async def post_fhir(

@@ -21,12 +21,21 @@ import orjson
 import pytest
 
 from services.ingest.hl7_intake import prune_idempotency
-from shared.auth import Role
 from shared.db import create_pool
 from tests.conftest import eventually
-from tests.e2e.ingest_support import NHS_NUMBER, Ingest, ingest_only, new_id, now_iso, post
-from tests.helpers import bed_event, opened, token
-from tests.hl7_samples import MllpClient, adt, pid, pv1, segments_of, signed_headers
+from tests.e2e.ingest_support import (
+    NHS_NUMBER,
+    Ingest,
+    admin,
+    admin_json,
+    ingest_only,
+    new_id,
+    now_iso,
+    post,
+    post_hl7,
+)
+from tests.helpers import bed_event, opened
+from tests.hl7_samples import MllpClient, adt, pid, pv1, segments_of
 
 pytestmark = pytest.mark.e2e
 
@@ -35,19 +44,6 @@ pytestmark = pytest.mark.e2e
 def ingest(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingest]:
     with ingest_only(pg_admin_url, tmp_path_factory.mktemp("ingest-quarantine-repeats")) as running:
         yield running
-
-
-def admin(ingest: Ingest) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(ingest.secrets, Role.admin, 'system:QXN')}"}
-
-
-async def post_hl7(client: httpx.AsyncClient, ingest: Ingest, body: str) -> httpx.Response:
-    raw = body.encode()
-    return await client.post(
-        f"{ingest.url}/v1/pas/hl7v2",
-        content=raw,
-        headers=signed_headers(ingest.secrets.webhook_secrets["pas"], raw),
-    )
 
 
 def over_mllp(ingest: Ingest, *messages: str) -> list[dict[str, list[list[str]]]]:
@@ -70,10 +66,7 @@ async def rows_holding(conn: asyncpg.Connection, ingest: Ingest, marker: str) ->
 
 
 async def listed(client: httpx.AsyncClient, ingest: Ingest) -> dict[str, Any]:
-    response = await client.get(f"{ingest.url}/v1/quarantine?limit=500", headers=admin(ingest))
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
+    return await admin_json(client, ingest, "/v1/quarantine?limit=500")
 
 
 async def test_an_hl7_message_refused_again_and_again_is_one_row_with_its_repeats(

@@ -423,51 +423,7 @@ def _swapped(pair: list[str], first: Location, second: Location) -> PatientsSwap
     )
 
 
-payloads = st.one_of(
-    st.builds(_bed_status, beds, st.sampled_from(list(BedStatus))),
-    st.builds(_ncr, beds, st.booleans()),
-    # every patient event SiteState.apply handles, with and without the locations they may state
-    st.builds(PatientAdmitted, encounter_id=encounters, location=locations, specialty=specialties),
-    st.builds(PatientTransferred, encounter_id=encounters, location=locations, previous=stated),
-    st.builds(PatientDischarged, encounter_id=encounters, location=stated),
-    st.builds(AdmissionCancelled, encounter_id=encounters, location=stated),
-    st.builds(TransferCancelled, encounter_id=encounters, location=locations, cancelled_location=stated),
-    st.builds(DischargeCancelled, encounter_id=encounters, location=locations),
-    st.builds(_swapped, st.permutations(ENCOUNTERS), locations, locations),
-    st.builds(
-        PatientUpdated,
-        encounter_id=encounters,
-        location=stated,
-        specialty=specialties,
-        no_criteria_to_reside=flags,
-        expected_discharge=dates,
-    ),
-    st.builds(
-        PatientPreadmitted,
-        encounter_id=encounters,
-        location=st.one_of(st.none(), ward_locations),
-        expected_admit_at=st.sampled_from(EXPECTED_ADMISSIONS),
-        specialty=specialties,
-    ),
-    st.builds(LeaveOfAbsence, encounter_id=encounters, state=st.sampled_from(["started", "ended"])),
-    st.builds(
-        TemporaryMove,
-        encounter_id=encounters,
-        direction=st.sampled_from(["departed", "arrived"]),
-        temporary_location=st.one_of(st.none(), bed_locations),
-    ),
-    st.builds(EdArrived, attendance_id=attendances, mode=st.sampled_from(["ambulance", "walk_in", "other"])),
-    st.builds(EdAssessed, attendance_id=attendances, acuity=st.integers(1, 5)),
-    st.builds(EdSeen, attendance_id=attendances),
-    st.builds(EdDecisionToAdmit, attendance_id=attendances, specialty=specialties),
-    st.builds(EdClinicallyReady, attendance_id=attendances),
-    st.builds(EdConcluded, attendance_id=attendances),
-    st.builds(EdDeparted, attendance_id=attendances),
-    st.builds(AmbulanceArrived, handover_id=handovers),
-    st.builds(AmbulanceHandedOver, handover_id=handovers, arrived_at=times),
-)
-envelopes = st.builds(event, payloads, times, st.uuids())
-# events that place no patient, dated long before: what an encounter that lapses is made of
+# events that place no patient: updates, pre-admissions and leave
 quiet_payloads = st.one_of(
     st.builds(
         PatientUpdated,
@@ -486,6 +442,36 @@ quiet_payloads = st.one_of(
     ),
     st.builds(LeaveOfAbsence, encounter_id=encounters, state=st.sampled_from(["started", "ended"])),
 )
+payloads = st.one_of(
+    st.builds(_bed_status, beds, st.sampled_from(list(BedStatus))),
+    st.builds(_ncr, beds, st.booleans()),
+    # every patient event SiteState.apply handles, with and without the locations they may state
+    st.builds(PatientAdmitted, encounter_id=encounters, location=locations, specialty=specialties),
+    st.builds(PatientTransferred, encounter_id=encounters, location=locations, previous=stated),
+    st.builds(PatientDischarged, encounter_id=encounters, location=stated),
+    st.builds(AdmissionCancelled, encounter_id=encounters, location=stated),
+    st.builds(TransferCancelled, encounter_id=encounters, location=locations, cancelled_location=stated),
+    st.builds(DischargeCancelled, encounter_id=encounters, location=locations),
+    st.builds(_swapped, st.permutations(ENCOUNTERS), locations, locations),
+    quiet_payloads,
+    st.builds(
+        TemporaryMove,
+        encounter_id=encounters,
+        direction=st.sampled_from(["departed", "arrived"]),
+        temporary_location=st.one_of(st.none(), bed_locations),
+    ),
+    st.builds(EdArrived, attendance_id=attendances, mode=st.sampled_from(["ambulance", "walk_in", "other"])),
+    st.builds(EdAssessed, attendance_id=attendances, acuity=st.integers(1, 5)),
+    st.builds(EdSeen, attendance_id=attendances),
+    st.builds(EdDecisionToAdmit, attendance_id=attendances, specialty=specialties),
+    st.builds(EdClinicallyReady, attendance_id=attendances),
+    st.builds(EdConcluded, attendance_id=attendances),
+    st.builds(EdDeparted, attendance_id=attendances),
+    st.builds(AmbulanceArrived, handover_id=handovers),
+    st.builds(AmbulanceHandedOver, handover_id=handovers, arrived_at=times),
+)
+envelopes = st.builds(event, payloads, times, st.uuids())
+# such events dated long before: what an encounter that lapses is made of
 quiet_envelopes = st.builds(event, quiet_payloads, st.sampled_from(QUIET_TIMES), st.uuids())
 
 

@@ -19,16 +19,17 @@
 
   // A screen runs for days, its token for hours: swap it for a fresh one (POST /v1/token/refresh)
   // at 80 % of its lifetime or 5 minutes before expiry, whichever comes first, but not before half
-  // its lifetime (a short token would be renewed over and over). `page.token()` is the token held
-  // now; `page.renewed(token)` takes the fresh one (to keep it, and renew the stream with it).
+  // its lifetime (a short token would be renewed over and over). `holder.token` is the token held
+  // now: the fresh one replaces it, is kept in sessionStorage under `storageKey`, and is sent with
+  // `send` in an `auth` message, which renews the open stream (if none is open, the next uses it).
   // Refused, the page keeps its token until the gateway closes the stream at its expiry and the
   // page asks to sign in. A failure of the gateway (unreachable, 5xx) is retried every 15 s while
   // the token lasts: the gateway may be restarting.
-  function keepFresh(page) {
+  function keepFresh(holder, storageKey, send) {
     let timer = null;
     function schedule(delayMs) {
       clearTimeout(timer);
-      const { iat, exp } = claims(page.token());
+      const { iat, exp } = claims(holder.token);
       if (typeof iat !== 'number' || typeof exp !== 'number' || exp <= iat) return;
       const lifetime = (exp - iat) * 1000;
       const lead = Math.max(0.2 * lifetime, Math.min(REFRESH_LEAD_MS, 0.5 * lifetime));
@@ -36,15 +37,17 @@
       timer = setTimeout(refresh, Math.max(0, delay));
     }
     async function refresh() {
-      const old = page.token();
+      const old = holder.token;
       if (!old) return;
       let response;
       try {
         response = await fetch('/v1/token/refresh', { method: 'POST', headers: { Authorization: 'Bearer ' + old } });
       } catch (_) { response = null; }
-      if (page.token() !== old) return;                 // signed in anew meanwhile
+      if (holder.token !== old) return;                 // signed in anew meanwhile
       if (response && response.ok) {
-        page.renewed((await response.json()).token);
+        holder.token = (await response.json()).token;
+        sessionStorage.setItem(storageKey, holder.token);
+        send({ type: 'auth', token: holder.token });
         schedule();
       } else if (!response || response.status >= 500) {
         const left = (expiry(old) || 0) - Date.now();
