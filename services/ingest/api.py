@@ -9,7 +9,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.ingest.bed_events import BedEventIn
-from services.ingest.event_time_bounds import received_by
 from services.ingest.intake import problem_answer, run_live
 from services.ingest.json_api import process_bed_events
 from services.ingest.retention import PURGED_COUNTER
@@ -38,8 +37,7 @@ router = APIRouter()
     },
 )
 async def post_bed_event(request: Request) -> Response:
-    with received_by(request.app.state.runtime.settings):
-        return await run_live(request, process_bed_events, problem_answer)
+    return await run_live(request, process_bed_events, problem_answer)
 
 
 @router.get("/v1/quarantine", summary="Rejected messages, newest first (admin)")

@@ -7,11 +7,12 @@ received plus `ICC_MAX_FUTURE_SKEW_SECONDS` (clocks drift, but not by hours), or
 is refused; each interface names the field it came from in its own answer (HL7 ERR, FHIR
 OperationOutcome, problem+json) and the message is quarantined like any other refusal.
 
-The setting is the one of the `Runtime` that received the message: the webhook routes run their work
-inside `received_by(runtime.settings)` (as an MLLP listener does when given its runtime's settings),
-and `EventTimeBounds.at_receipt` reads it from there, so two runtimes in one process (a test, a tool)
-each apply their own. Outside any, the process's settings apply. The bounds are made where the
-message is received: work handed to another task (the group-commit writer's) does not see it.
+The setting is the one of the `Runtime` that received the message: the webhooks process messages
+inside `received_by(runtime.settings)` (`intake.run_live` and the HL7 route do; so does an MLLP
+listener given its runtime's settings), and `EventTimeBounds.at_receipt` reads it from there, so
+two runtimes in one process (a test, a tool) each apply their own. Outside any, the process's
+settings apply. The bounds are made where the message is received: work handed to another task
+(the group-commit writer's) does not see it.
 
 Pure, apart from `EventTimeBounds.at_receipt` reading the setting.
 """

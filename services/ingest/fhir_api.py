@@ -19,7 +19,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from services.ingest.event_time_bounds import EventTimeBounds, received_by
+from services.ingest.event_time_bounds import EventTimeBounds
 from services.ingest.fhir_encounter import (
     KnownEncounter,
     Unmappable,
@@ -371,5 +371,4 @@ def _rejected_whole(message: Message, status: int, issues: list[Issue]) -> Answe
     },
 )
 async def post_fhir(request: Request) -> Response:
-    with received_by(request.app.state.runtime.settings):
-        return await run_live(request, process, render_problem)
+    return await run_live(request, process, render_problem)

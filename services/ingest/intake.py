@@ -19,6 +19,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
+from services.ingest.event_time_bounds import received_by
 from services.ingest.group_commit import DB_ERRORS, GroupCommitWriter, Inbound
 from services.ingest.location_source import LocationMapSource
 from services.ingest.source_auth import authenticate, read_body
@@ -300,9 +301,10 @@ async def run_live(request: Request, processor: Processor, render_error: ErrorRe
     writer: GroupCommitWriter = runtime.extra["writer"]
     try:
         ctx = context_of(runtime)
-        answer = await processor(
-            ctx, Message(source, endpoint, content_type, body), writer.submit, replay=False
-        )
+        with received_by(runtime.settings):  # event times judged by this runtime's settings
+            answer = await processor(
+                ctx, Message(source, endpoint, content_type, body), writer.submit, replay=False
+            )
         await quarantine(runtime.db, ctx.sealer, source, endpoint, answer.rejected)
     except DB_ERRORS as exc:  # what was committed stays committed: a re-send gets it as a duplicate
         log.error("%s from %s not stored: %s", endpoint, source, exc)

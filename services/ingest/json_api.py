@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from services.ingest import bed_events, bed_management, ed_events, json_batches
 from services.ingest.bed_management import BedActionIn
-from services.ingest.event_time_bounds import EventTimeBounds, received_by
+from services.ingest.event_time_bounds import EventTimeBounds
 from services.ingest.intake import Answer, Commit, IngestContext, Message, problem_answer, run_live
 
 router = APIRouter()
@@ -84,8 +84,7 @@ _RESPONSES: dict[int | str, dict[str, str]] = {
     responses=_RESPONSES,
 )
 async def post_ed_events(request: Request) -> Response:
-    with received_by(request.app.state.runtime.settings):
-        return await run_live(request, process_ed, problem_answer)
+    return await run_live(request, process_ed, problem_answer)
 
 
 @router.post(
@@ -100,5 +99,4 @@ async def post_ed_events(request: Request) -> Response:
     responses=_RESPONSES,
 )
 async def post_bed_management(request: Request) -> Response:
-    with received_by(request.app.state.runtime.settings):
-        return await run_live(request, process_bed_management, problem_answer)
+    return await run_live(request, process_bed_management, problem_answer)
