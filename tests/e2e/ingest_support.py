@@ -144,14 +144,14 @@ def bundle(kind: str, resources: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def admin(ingest: Ingest) -> dict[str, str]:
+def admin_headers(ingest: Ingest) -> dict[str, str]:
     """Headers of an admin of the sample system (quarantine, stats, auth failures)."""
     return {"Authorization": f"Bearer {token(ingest.secrets, Role.admin, 'system:QXN')}"}
 
 
 async def admin_json(client: httpx.AsyncClient, ingest: Ingest, path: str) -> dict[str, Any]:
     """GET an admin endpoint of ingest and its JSON answer (200 expected)."""
-    response = await client.get(f"{ingest.url}{path}", headers=admin(ingest))
+    response = await client.get(f"{ingest.url}{path}", headers=admin_headers(ingest))
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body

@@ -14,9 +14,9 @@ import httpx
 import orjson
 import pytest
 
-from shared.auth import API_KEY_HEADER, SOURCE_HEADER, Role
-from tests.e2e.ingest_support import Ingest, encounter, ingest_only, new_id, post
-from tests.helpers import opened, token
+from shared.auth import API_KEY_HEADER, SOURCE_HEADER
+from tests.e2e.ingest_support import Ingest, admin_headers, encounter, ingest_only, new_id, post
+from tests.helpers import opened
 from tests.hl7_samples import adt, evn, npu, segments_of
 
 pytestmark = pytest.mark.e2e
@@ -196,7 +196,7 @@ async def test_an_unauthenticated_body_is_kept_only_in_part_with_its_length_and_
         (small, len(small), hashlib.sha256(small).digest(), False),
     ]
 
-    admin = {"Authorization": f"Bearer {token(ingest.secrets, Role.admin, 'system:QXN')}"}
+    admin = admin_headers(ingest)
     listed = (await client.get(f"{ingest.url}/v1/quarantine?limit=500", headers=admin)).json()["items"]
     item: dict[str, Any] = next(i for i in listed if i["id"] == ids[0])
     assert (item["size"], item["body_truncated"], item["body_sha256"]) == (

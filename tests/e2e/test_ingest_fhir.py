@@ -14,7 +14,16 @@ import orjson
 import pytest
 
 from shared.auth import Role
-from tests.e2e.ingest_support import NHS_NUMBER, Ingest, bundle, encounter, ingest_only, new_id, post
+from tests.e2e.ingest_support import (
+    NHS_NUMBER,
+    Ingest,
+    admin_headers,
+    bundle,
+    encounter,
+    ingest_only,
+    new_id,
+    post,
+)
 from tests.helpers import opened, token
 
 pytestmark = pytest.mark.e2e
@@ -326,7 +335,7 @@ async def test_unmapped_locations_are_counted_and_listed_as_hl7s_are(
     statuses = [(await send(client, ingest, body)).status_code for body in bodies]
     assert statuses == [200, 200, 200, 200, 200, 422]
 
-    admin = {"Authorization": f"Bearer {token(ingest.secrets, Role.admin, 'system:QXN')}"}
+    admin = admin_headers(ingest)
     response = await client.get(f"{ingest.url}/v1/locations/unmapped?source=pas", headers=admin)
     assert response.status_code == 200, response.text
     listed = {(i["site_id"], i["kind"], i["code"]): i for i in response.json()["items"]}
@@ -352,7 +361,7 @@ async def test_quarantined_encounter_is_replayed_after_the_location_map_is_fixed
     issue = refused.json()["issue"][0]
     assert issue["code"] == "code-invalid" and "RXNOLD" in issue["diagnostics"]
     quarantine_id = await conn.fetchval("SELECT max(id) FROM quarantine WHERE endpoint = '/v1/pas/fhir'")
-    admin = {"Authorization": f"Bearer {token(ingest.secrets, Role.admin, 'system:QXN')}"}
+    admin = admin_headers(ingest)
     replay_url = f"{ingest.url}/v1/quarantine/{quarantine_id}/replay"
 
     nurse = token(ingest.secrets, Role.ward_nurse, "ward:RXN01-AMU")

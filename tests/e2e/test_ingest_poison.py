@@ -31,7 +31,6 @@ from services.ingest.group_commit import GroupCommitWriter, Inbound, Unstorable
 from services.ingest.hl7_intake import Hl7Bookkeeping, Hl7Intake, Reply
 from services.ingest.location_source import LocationMapSource
 from services.ingest.mllp import MllpServer, parse_allow_list
-from shared.auth import Role
 from shared.db import create_pool
 from shared.organisation import Organisation
 from shared.pseudonymise import IdKind
@@ -41,6 +40,7 @@ from tests.conftest import SAMPLE_LOCATION_MAP, eventually
 from tests.e2e.ingest_support import (
     NHS_NUMBER,
     Ingest,
+    admin_headers,
     encounter,
     ingest_only,
     new_id,
@@ -48,7 +48,7 @@ from tests.e2e.ingest_support import (
     post,
     post_hl7,
 )
-from tests.helpers import bed_event, opened, token
+from tests.helpers import bed_event, opened
 from tests.hl7_samples import MllpClient, adt, batch, evn, msh, pid, pv1, segments_of
 from tests.integration.support import bed_envelope, outbox_event
 
@@ -330,7 +330,7 @@ async def test_a_json_or_fhir_message_the_database_refuses_is_a_422_and_the_othe
         # the lines were to be committed together: each is refused and kept on its own, so replaying
         # them tells which it was: the other one is taken
         line = ndjson.json()["lines"][1]
-        admin = {"Authorization": f"Bearer {token(ingest.secrets, Role.admin, 'system:QXN')}"}
+        admin = admin_headers(ingest)
         replayed = await client.post(
             f"{ingest.url}/v1/quarantine/{line['quarantine_id']}/replay", headers=admin
         )

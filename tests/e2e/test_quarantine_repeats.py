@@ -26,7 +26,7 @@ from tests.conftest import eventually
 from tests.e2e.ingest_support import (
     NHS_NUMBER,
     Ingest,
-    admin,
+    admin_headers,
     admin_json,
     ingest_only,
     new_id,
@@ -88,7 +88,7 @@ async def test_an_hl7_message_refused_again_and_again_is_one_row_with_its_repeat
     assert row["repeats"] == 4 and row["last_seen_at"] > row["received_at"]
     assert opened(ingest.secrets, row["body"]) == no_visit.encode()
     # every refusal is still counted in the interface's statistics
-    stats = await client.get(f"{ingest.url}/v1/pas/hl7v2/stats", headers=admin(ingest))
+    stats = await client.get(f"{ingest.url}/v1/pas/hl7v2/stats", headers=admin_headers(ingest))
     assert stats.json()["sources"]["pas"]["error"] >= 5
 
     # the same message over MLLP: a row of its own (another endpoint), repeats counted there too,
@@ -186,7 +186,9 @@ async def test_after_a_replay_the_same_refusal_is_a_new_row(
     (first,) = await rows_holding(conn, ingest, control_id)
     assert first["repeats"] == 1
 
-    replayed = await client.post(f"{ingest.url}/v1/quarantine/{first['id']}/replay", headers=admin(ingest))
+    replayed = await client.post(
+        f"{ingest.url}/v1/quarantine/{first['id']}/replay", headers=admin_headers(ingest)
+    )
     assert replayed.status_code == 200, replayed.text
 
     # the message is forgotten (past ICC_HL7_DEDUP_DAYS), and the database refuses it once more
@@ -217,7 +219,9 @@ async def test_ingest_purges_what_is_past_retention_when_it_starts(
     async with database_refuses(conn, replay_id):
         assert (await post_hl7(client, ingest, adt("A01", replay_id))).status_code == 422
     (done,) = await rows_holding(conn, ingest, replay_id)
-    replayed = await client.post(f"{ingest.url}/v1/quarantine/{done['id']}/replay", headers=admin(ingest))
+    replayed = await client.post(
+        f"{ingest.url}/v1/quarantine/{done['id']}/replay", headers=admin_headers(ingest)
+    )
     linked = replayed.json()["raw_message_id"]
     (opened_row,) = await rows_holding(conn, ingest, open_id)
     taken_raw = await conn.fetchval("SELECT max(id) FROM raw_message WHERE id <> $1", linked)

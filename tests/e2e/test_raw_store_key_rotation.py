@@ -14,11 +14,17 @@ import asyncpg
 import httpx
 import pytest
 
-from shared.auth import Role
 from shared.sealed import Sealer, key_id, sealed_by
 from shared.secrets_store import load
-from tests.e2e.ingest_support import NHS_NUMBER, Ingest, ingest_only_async, new_id, now_iso, post
-from tests.helpers import token
+from tests.e2e.ingest_support import (
+    NHS_NUMBER,
+    Ingest,
+    admin_headers,
+    ingest_only_async,
+    new_id,
+    now_iso,
+    post,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -83,7 +89,7 @@ async def test_rotate_restart_reseal_and_retire_with_replays_working_throughout(
 
 async def _rotation(ingest: Ingest, client: httpx.AsyncClient, conn: asyncpg.Connection) -> None:
     url = f"{ingest.url}/v1/ed-events"
-    admin = {"Authorization": f"Bearer {token(ingest.secrets, Role.admin, 'system:QXN')}"}
+    admin = admin_headers(ingest)
     first = key_id(ingest.secrets.raw_store_key)
 
     # sealed by the running ingest with the first key: one taken, one refused (unknown site)
