@@ -32,7 +32,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,7 +44,7 @@ import httpx
 import orjson
 import websockets
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 
 from icc.access_log import uvicorn_cli_options
 from icc.embedded import Broker, die_with_parent, free_port, start_postgres, stop_postgres
@@ -52,7 +52,16 @@ from icc.stack import Stack
 from services.command_centre.projection import StateProjection
 from services.ingest.bed_events import BedEventIn, to_event
 from shared import topics
-from shared.auth import SOURCE_HEADER, Role, mint_token, sign_webhook
+from shared.auth import (
+    SIGNATURE_HEADER,
+    SOURCE_HEADER,
+    TIMESTAMP_HEADER,
+    AuthError,
+    Role,
+    mint_token,
+    sign_webhook,
+    verify_webhook,
+)
 from shared.consumer import BatchHandler, Delivery, StoredOffsetConsumer
 from shared.db import create_pool, migrate
 from shared.events import BedStatus
@@ -355,28 +364,76 @@ def bare_app() -> FastAPI:
     return app
 
 
-def _start_bare(log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+DURABLE_SECRET_VAR = "ICC_BENCH_WEBHOOK_SECRET"
+DURABLE_DATABASE_VAR = "ICC_BENCH_DATABASE_URL"
+
+
+def durable_app() -> FastAPI:
+    """The second baseline: the least a webhook that never loses a message does. It checks the
+    sender's HMAC signature and commits the body to PostgreSQL (one INSERT on a pool, autocommit)
+    before answering 202; no parsing, validation, pseudonymisation, sealing or events."""
+    secrets = {WEBHOOK_SOURCE: os.environ[DURABLE_SECRET_VAR]}
+    pools: list[asyncpg.Pool] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(os.environ[DURABLE_DATABASE_VAR])
+        await pool.execute(
+            "CREATE TABLE IF NOT EXISTS received (id bigserial PRIMARY KEY, body bytea NOT NULL)"
+        )
+        pools.append(pool)
+        yield
+        await pool.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post(WEBHOOK_PATH, status_code=202)
+    async def accept(request: Request) -> Response:
+        body = await request.body()
+        try:
+            verify_webhook(
+                secrets,
+                source=request.headers.get(SOURCE_HEADER),
+                timestamp=request.headers.get(TIMESTAMP_HEADER),
+                signature=request.headers.get(SIGNATURE_HEADER),
+                body=body,
+                max_skew_seconds=300,
+            )
+        except AuthError:
+            return Response(status_code=401)
+        await pools[0].execute("INSERT INTO received (body) VALUES ($1)", body)
+        return Response(status_code=202)
+
+    return app
+
+
+def _start_bare(factory: str, log_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     options = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
     # the access log as the services of this run keep it (ICC_ACCESS_LOG)
     options += uvicorn_cli_options(Settings().access_log, log_path.parent)
     with log_path.open("ab") as logfile:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "icc.bench:bare_app", "--factory", *options],
+            [sys.executable, "-m", "uvicorn", f"icc.bench:{factory}", "--factory", *options],
             stdout=logfile,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, **env},
             preexec_fn=die_with_parent,
         )
     return process, port
 
 
-def _answers_202(process: subprocess.Popen[bytes], port: int, timeout: float) -> bool:
+def _answers_202(
+    process: subprocess.Popen[bytes], port: int, signed: SignedBedEvents, timeout: float
+) -> bool:
     """Whether our process (not another one that took the port first) serves the route."""
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
+        body, headers = signed.next()
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.post(f"http://127.0.0.1:{port}{WEBHOOK_PATH}", timeout=2).status_code == 202:
+            url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+            if httpx.post(url, content=body, headers=headers, timeout=2).status_code == 202:
                 return process.poll() is None
         time.sleep(0.1)
     return False
@@ -392,18 +449,21 @@ def _stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def bare_server(env: Environment) -> Iterator[int]:
-    """`bare_app` in its own uvicorn process, one worker, the same uvicorn options as the services."""
-    log_path = env.workdir / "logs" / "bare.log"
+def bare_server(
+    env: Environment, factory: str = "bare_app", extra_env: dict[str, str] | None = None
+) -> Iterator[int]:
+    """A baseline app in its own uvicorn process, one worker, the same uvicorn options as the services."""
+    log_path = env.workdir / "logs" / f"{factory}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    signed = SignedBedEvents(env.org, env.secrets.webhook_secrets[WEBHOOK_SOURCE])
     for _attempt in range(3):  # a free port can be taken by another program before uvicorn binds it
-        process, port = _start_bare(log_path)
-        if _answers_202(process, port, 60):
+        process, port = _start_bare(factory, log_path, extra_env or {})
+        if _answers_202(process, port, signed, 60):
             break
         _stop_process(process)
     else:
         tail = log_path.read_text(errors="replace").splitlines()[-5:]
-        raise BenchError("the bare baseline server did not start: " + " | ".join(tail))
+        raise BenchError(f"the baseline server {factory} did not start: " + " | ".join(tail))
     try:
         yield port
     finally:
@@ -529,40 +589,60 @@ async def relay_caught_up(database_url: str) -> None:
 
 
 async def ingest_rounds(
-    icc_port: int, bare_port: int, database_url: str, env: Environment, cfg: Config
-) -> Comparison:
+    icc_port: int, bare_port: int, durable_port: int, database_url: str, env: Environment, cfg: Config
+) -> list[Comparison]:
+    """ICC's webhook against the bare endpoint, and the least durable webhook (`durable_app`) against
+    the same bare rounds: how much of the gap any webhook that keeps every message must leave."""
+    baseline = "bare FastAPI POST → 202 (uvicorn, 1 worker)"
     result = Comparison(
         "ingest",
         f"ingest webhook, single-event posts, {cfg.connections} conns",
         "req/s",
-        "bare FastAPI POST → 202 (uvicorn, 1 worker)",
+        baseline,
         cfg.ingest_target,
     )
+    durable = Comparison("ingest_least_durable", "  bare + HMAC check + one INSERT", "req/s", baseline, None)
     events = SignedBedEvents(env.org, env.secrets.webhook_secrets[WEBHOOK_SOURCE])
-    rejected = 0
+    rejected = rejected_durable = 0
     for round_no in range(1, cfg.rounds + 1):
         bare = await offer_load(bare_port, events, cfg)
         icc = await offer_load(icc_port, events, cfg)
-        if icc.accepted == 0 or bare.accepted == 0:
-            raise BenchError(f"no 202 answers (ICC {icc.other} other answers, bare {bare.other})")
+        least = await offer_load(durable_port, events, cfg)
+        if 0 in (icc.accepted, bare.accepted, least.accepted):
+            raise BenchError(
+                f"no 202 answers (ICC {icc.other} other answers, bare {bare.other}, durable {least.other})"
+            )
         rejected += icc.other + bare.other
-        result.baseline_rounds.append(bare.rate)
-        result.icc_rounds.append(icc.rate)
+        rejected_durable += least.other
+        for comparison, load in ((result, icc), (durable, least)):
+            comparison.baseline_rounds.append(bare.rate)
+            comparison.icc_rounds.append(load.rate)
         others = f" ({icc.other} ICC answers were not 202)" if icc.other else ""
-        progress(f"ingest round {round_no}: ICC {icc.rate:,.0f} req/s, bare {bare.rate:,.0f} req/s{others}")
+        progress(
+            f"ingest round {round_no}: ICC {icc.rate:,.0f} req/s, bare {bare.rate:,.0f} req/s, "
+            f"bare + HMAC + INSERT {least.rate:,.0f} req/s{others}"
+        )
         await relay_caught_up(database_url)
     result.notes["non_202_answers"] = rejected
-    return result
+    durable.notes["non_202_answers"] = rejected_durable
+    return [result, durable]
 
 
-def measure_ingest(env: Environment, cfg: Config) -> Comparison:
-    progress("ingest throughput: starting broker, ingest service and bare baseline")
+def measure_ingest(env: Environment, cfg: Config) -> list[Comparison]:
+    progress("ingest throughput: starting broker, ingest service and the two baselines")
+    durable_env = {
+        DURABLE_SECRET_VAR: env.secrets.webhook_secrets[WEBHOOK_SOURCE],
+        DURABLE_DATABASE_VAR: run(create_database(env, "bench_durable")),
+    }
     with (
         running_broker(env, "ingest") as broker,
         running_stack(env, "bench_ingest", broker, ("ingest",), cfg) as stack,
         bare_server(env) as bare_port,
+        bare_server(env, "durable_app", durable_env) as durable_port,
     ):
-        return run(ingest_rounds(stack.settings.ingest_port, bare_port, stack.database_url, env, cfg))
+        return run(
+            ingest_rounds(stack.settings.ingest_port, bare_port, durable_port, stack.database_url, env, cfg)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1095,7 +1175,7 @@ def measure(name: str, env: Environment, cfg: Config, report: Report) -> None:
     """Run one measurement; an error is recorded and the others still run."""
     try:
         if name == "ingest":
-            report.comparisons.append(measure_ingest(env, cfg))
+            report.comparisons.extend(measure_ingest(env, cfg))
         elif name == "apply":
             report.comparisons.extend(measure_apply(env, cfg))
         else:
