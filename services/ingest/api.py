@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from services.ingest.bed_events import BedEventIn
@@ -40,9 +40,20 @@ async def post_bed_event(request: Request) -> Response:
     return await run_live(request, process_bed_events, problem_answer)
 
 
-@router.get("/v1/quarantine", summary="Rejected messages, newest first (admin)")
+@router.get("/v1/quarantine", summary="Rejected messages, newest first, optionally filtered (admin)")
 async def list_quarantine(
-    runtime: CurrentRuntime, user: CurrentUser, limit: int = 50, before_id: int | None = None
+    runtime: CurrentRuntime,
+    user: CurrentUser,
+    limit: int = 50,
+    before_id: int | None = None,
+    source: Annotated[str | None, Query(description="only this source's refusals")] = None,
+    endpoint: Annotated[
+        str | None, Query(description="only refusals at this endpoint, e.g. /v1/pas/hl7v2")
+    ] = None,
+    state: Annotated[
+        Literal["open", "replayed"] | None, Query(description="open: not yet replayed; replayed: replayed")
+    ] = None,
+    status_code: Annotated[int | None, Query(description="only refusals answered with this status")] = None,
 ) -> dict[str, Any]:
     if user.role is not Role.admin:
         raise Problem(
@@ -56,9 +67,17 @@ async def list_quarantine(
         "repeats, last_seen_at, coalesce(body_length, length(body)) AS size, body_truncated, "
         "encode(body_sha256, 'hex') AS body_sha256, "
         "replay_count, last_replay_at, replayed_at, raw_message_id, event_ids "
-        "FROM quarantine WHERE ($1::bigint IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+        "FROM quarantine WHERE ($1::bigint IS NULL OR id < $1) "
+        "AND ($3::text IS NULL OR source = $3) AND ($4::text IS NULL OR endpoint = $4) "
+        "AND ($5::text IS NULL OR (replayed_at IS NULL) = ($5 = 'open')) "
+        "AND ($6::int IS NULL OR status_code = $6) "
+        "ORDER BY id DESC LIMIT $2",
         before_id,
         min(max(limit, 1), 500),
+        source,
+        endpoint,
+        state,
+        status_code,
     )
     # what the retention purge (services/ingest/retention.py) has deleted so far
     purged = await runtime.db.fetch(

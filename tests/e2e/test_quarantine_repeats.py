@@ -254,3 +254,53 @@ async def test_ingest_purges_what_is_past_retention_when_it_starts(
     )
     assert await conn.fetchval("SELECT count(*) FROM quarantine WHERE id = $1", done["id"]) == 0
     assert await conn.fetchval("SELECT count(*) FROM quarantine WHERE id = $1", opened_row["id"]) == 1
+
+
+async def test_the_quarantine_lists_by_source_endpoint_state_and_status(
+    ingest: Ingest, conn: asyncpg.Connection, client: httpx.AsyncClient
+) -> None:
+    # formerly: no filter, so an integration team found its open refusals among every other row
+    # an HL7 refusal left open, one replayed, and a JSON refusal (a status not in the table) from
+    # another source
+    open_id, done_id = new_id("OPEN"), new_id("DONE")
+    assert (await post_hl7(client, ingest, adt("A01", open_id, pid(), pv1(visit="")))).status_code == 422
+    async with database_refuses(conn, done_id):
+        assert (await post_hl7(client, ingest, adt("A01", done_id))).status_code == 422
+    json_marker = new_id("JSON")
+    refused = await post(
+        client,
+        f"{ingest.url}/v1/bed-events",
+        ingest.secrets,
+        bed_event("RXN01-AMU-B1", json_marker),
+        source="bedmgmt",
+    )
+    assert refused.status_code == 422, refused.text
+    ((hl7_open,), (hl7_done,), (json_row,)) = [
+        await rows_holding(conn, ingest, marker) for marker in (open_id, done_id, json_marker)
+    ]
+    replayed = await client.post(
+        f"{ingest.url}/v1/quarantine/{hl7_done['id']}/replay", headers=admin_headers(ingest)
+    )
+    assert replayed.status_code == 200, replayed.text
+
+    async def ids(query: str) -> list[int]:
+        items = (await admin_json(client, ingest, f"/v1/quarantine?limit=500&{query}"))["items"]
+        return [item["id"] for item in items]
+
+    hl7_open_rows = await ids("endpoint=/v1/pas/hl7v2&state=open")
+    assert hl7_open["id"] in hl7_open_rows and hl7_done["id"] not in hl7_open_rows
+    assert json_row["id"] not in hl7_open_rows
+    replayed_rows = await ids("state=replayed")
+    assert hl7_done["id"] in replayed_rows and hl7_open["id"] not in replayed_rows
+    from_bedmgmt = await ids("source=bedmgmt&status_code=422")
+    assert json_row["id"] in from_bedmgmt and hl7_open["id"] not in from_bedmgmt
+    # every row listed matches the filter, newest first
+    listed_rows = (await admin_json(client, ingest, "/v1/quarantine?limit=500&source=pas&state=open"))[
+        "items"
+    ]
+    assert all(r["source"] == "pas" and r["replayed_at"] is None for r in listed_rows)
+    assert [r["id"] for r in listed_rows] == sorted((r["id"] for r in listed_rows), reverse=True)
+
+    wrong = await client.get(f"{ingest.url}/v1/quarantine?state=closed", headers=admin_headers(ingest))
+    assert wrong.status_code == 422 and wrong.headers["content-type"] == "application/problem+json"
+    assert "state" in wrong.text
