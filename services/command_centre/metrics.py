@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, ConfigDict
 
 from services.command_centre.london_time import local_date, midnight_before, same_time_last_week
-from services.command_centre.site_state import SiteState
+from services.command_centre.site_state import HISTORY, STALE_AFTER, SiteState
 from shared.events import BedStatus
 from shared.organisation import Ward, WardType
 
@@ -99,9 +99,11 @@ class SiteMetrics(BaseModel):
     ed_majors_resus_patients: int = 0
     ed_majors_resus_spaces: int = 0
     ed_majors_resus_occupancy_pct: float | None = None
+    ed_stale_attendances: int = 0
     # ambulances
     ambulance_queue: int = 0
     ambulance_longest_wait_minutes: float | None = None
+    ambulance_stale_handovers: int = 0
     handovers_since_midnight: int = 0
     handover_minutes_total: float = 0.0
     mean_handover_minutes: float | None = None
@@ -252,7 +254,7 @@ def _ed_figures(state: SiteState, now: datetime) -> dict[str, object]:
     last_week_start = midnight_before(last_week_end)
     stages = dict.fromkeys(("awaiting_assessment", "awaiting_treatment", "in_treatment", "dta"), 0)
     buckets = dict.fromkeys((name for name, _ in _BUCKET_LIMITS), 0)
-    in_department = over_12h = majors_resus = 0
+    in_department = over_12h = majors_resus = stale = 0
     longest_dta: timedelta | None = None
     arrivals = arrivals_last_week = departures = within_4h = breaches_12h = 0
     treatment_minutes: list[float] = []
@@ -276,6 +278,11 @@ def _ed_figures(state: SiteState, now: datetime) -> dict[str, object]:
                 breaches_12h += stay > TWELVE_HOURS
             continue
         if arrived > now:
+            continue
+        heard = attendance.last_heard(now)
+        assert heard is not None  # the arrival, at the earliest
+        if now - heard > STALE_AFTER:  # a leftover: counted apart, until a prune may forget it
+            stale += now - heard <= HISTORY
             continue
         in_department += 1
         stay = now - arrived
@@ -316,12 +323,13 @@ def _ed_figures(state: SiteState, now: datetime) -> dict[str, object]:
         else None,
         "ed_majors_resus_patients": majors_resus,
         "ed_majors_resus_spaces": spaces,
+        "ed_stale_attendances": stale,
     }
 
 
 def _handover_figures(state: SiteState, now: datetime) -> dict[str, object]:
     midnight = midnight_before(now)
-    queue = done = over_30 = over_60 = 0
+    queue = stale = done = over_30 = over_60 = 0
     longest: timedelta | None = None
     total = lost = timedelta()
     for handover in state.handovers.values():
@@ -330,6 +338,9 @@ def _handover_figures(state: SiteState, now: datetime) -> dict[str, object]:
         if arrived is None or arrived > now:
             continue
         if finished is None or finished > now:
+            if now - arrived > STALE_AFTER:  # a leftover: counted apart, until a prune may forget it
+                stale += now - arrived <= HISTORY
+                continue
             queue += 1
             wait = now - arrived
             longest = wait if longest is None or wait > longest else longest
@@ -344,6 +355,7 @@ def _handover_figures(state: SiteState, now: datetime) -> dict[str, object]:
     return {
         "ambulance_queue": queue,
         "ambulance_longest_wait_minutes": round(_minutes(longest), 1) if longest is not None else None,
+        "ambulance_stale_handovers": stale,
         "handovers_since_midnight": done,
         "handover_minutes_total": round(_minutes(total), 2),
         "handovers_over_30": over_30,
@@ -402,7 +414,9 @@ SUMMED = (
     "ed_seen_since_midnight",
     "ed_majors_resus_patients",
     "ed_majors_resus_spaces",
+    "ed_stale_attendances",
     "ambulance_queue",
+    "ambulance_stale_handovers",
     "handovers_since_midnight",
     "handover_minutes_total",
     "handovers_over_30",

@@ -68,6 +68,13 @@ LAPSE_AFTER = HISTORY + SETTLE_AFTER
 after its last event, and after the admission a pre-admission expected. By then nothing it holds
 counts (`Encounter.pending`, `Encounter.detail`), even for an event up to SETTLE_AFTER late, so a
 prune forgets it."""
+STALE_AFTER = timedelta(hours=72)
+"""How long an ED attendance not departed, or an ambulance not handed over, stays in the live figures
+after its latest milestone (an attendance's: any of them, the arrival included; an ambulance's: its
+arrival). Real stays over 12 hours do reach 24 to 48 hours in the worst winters, but no real ED stay
+or ambulance wait lasts three days without a single milestone: one quiet for longer is a leftover (its
+departure or handover message lost, or a patient left on the board). It leaves the census, which it
+would otherwise distort for ever, and is counted apart as a data-quality figure (docs/metrics.md)."""
 
 
 def stamp_of(envelope: Envelope) -> Stamp:
@@ -337,6 +344,11 @@ class Attendance:
         register = self.milestones.get(milestone)
         return register.value if register is not None else None
 
+    def last_heard(self, now: datetime) -> datetime | None:
+        """The latest of its milestones at or before `now`, the arrival included (None: none yet).
+        Their event times, never when they were received: it depends on the events and `now` alone."""
+        return max((r.value for r in self.milestones.values() if r.value <= now), default=None)
+
 
 @dataclass(slots=True)
 class Handover:
@@ -589,9 +601,15 @@ class SiteState:
         return bool(_last(self.ncr.get(bed_id), self.ncr_writes.get(bed_id)))
 
     def prune(self, now: datetime) -> int:
-        """Forget what no metric needs any more: ED and handovers older than a week; encounters'
-        events older than SETTLE_AFTER are settled, a stay over for HISTORY is forgotten, and so is
-        an encounter no event has placed once it has lapsed (`Encounter.lapsed`).
+        """Forget what no metric needs any more: an ED attendance or ambulance handover over for
+        HISTORY (its departure or handover more than HISTORY before `now`, or, with none, its latest
+        milestone: an ambulance's arrival); encounters' events older than SETTLE_AFTER are settled, a
+        stay over for HISTORY is forgotten, and so is an encounter no event has placed once it has
+        lapsed (`Encounter.lapsed`).
+
+        An attendance or ambulance never finished has been a leftover (STALE_AFTER) for days by then,
+        counted only by the stale figures, which stop at HISTORY, and it arrived before any window a
+        figure counts: forgetting it changes no figure (a late event for it starts afresh).
 
         A finished stay is kept (settled, a few hundred bytes) for HISTORY rather than dropped, so
         that an event dated before its end, arriving late, cannot bring the patient back. A lapsed
@@ -602,11 +620,17 @@ class SiteState:
         removed = 0
         for attendance_id, attendance in list(self.attendances.items()):
             departed = attendance.at("departed")
-            if departed is not None and departed < horizon:
+            if departed is not None:
+                over = departed < horizon
+            else:  # every milestone, those after `now` too: a later one may yet count
+                over = all(r.value < horizon for r in attendance.milestones.values())
+            if over:
                 del self.attendances[attendance_id]
                 removed += 1
         for handover_id, handover in list(self.handovers.items()):
             done = handover.handed_over_at.value if handover.handed_over_at else None
+            if done is None and handover.arrived_at is not None:
+                done = handover.arrived_at.value  # never handed over: last heard of at its arrival
             if done is not None and done < horizon:
                 del self.handovers[handover_id]
                 removed += 1

@@ -12,7 +12,7 @@ import pytest
 
 from services.command_centre.london_time import local_date, midnight_before, same_time_last_week
 from services.command_centre.metrics import GA_TYPES, SiteMetrics, finish, fold, site_metrics, ward_metrics
-from services.command_centre.site_state import SiteState
+from services.command_centre.site_state import HISTORY, STALE_AFTER, SiteState
 from shared.events import (
     AdmissionCancelled,
     AmbulanceArrived,
@@ -35,7 +35,7 @@ from shared.events import (
     PatientUpdated,
     Payload,
 )
-from shared.opel import load_profile, score_site
+from shared.opel import KNOWN_METRICS, load_profile, score_site
 from shared.organisation import Site, load_organisation
 
 pytestmark = pytest.mark.unit
@@ -325,6 +325,116 @@ def test_a_handover_message_without_an_arrival_event_still_counts() -> None:
     m = site_metrics(state_of(RXN01, envelopes), NOW)
     assert (m.ambulance_queue, m.handovers_since_midnight, m.handovers_over_60) == (0, 1, 1)
     assert m.mean_handover_minutes == 90.0
+
+
+# --- leftovers: attendances never departed and ambulances never handed over go stale ---------------
+
+SECOND = timedelta(seconds=1)
+EMPTY_BUCKETS = {"0-1h": 0, "1-2h": 0, "2-4h": 0, "4-8h": 0, "8-12h": 0, "over_12h": 0}
+
+
+def census(m: SiteMetrics) -> tuple[Any, ...]:
+    """The live ED figures a stale attendance leaves."""
+    return (
+        m.ed_in_department,
+        (m.ed_awaiting_assessment, m.ed_awaiting_treatment, m.ed_in_treatment, m.ed_dta_waiting),
+        m.ed_longest_dta_wait_minutes,
+        m.ed_time_in_department,
+        (m.ed_over_12h_now, m.ed_over_12h_pct),
+        (m.ed_majors_resus_patients, m.ed_majors_resus_occupancy_pct),
+    )
+
+
+def test_an_attendance_last_heard_72_hours_ago_counts_and_a_second_later_is_stale() -> None:
+    # a majors patient whose departure never came: arrived and assessed (acuity 2) at the same moment
+    arrived = NOW - STALE_AFTER
+    state = state_of(RXN01, attendance("left", arrived, acuity=2, assessed=arrived))
+
+    held = site_metrics(state, NOW)
+    over_12h = {**EMPTY_BUCKETS, "over_12h": 1}
+    assert census(held) == (1, (0, 1, 0, 0), None, over_12h, (1, 100.0), (1, 3.12))  # 1 of 32 spaces
+    assert held.ed_stale_attendances == 0
+
+    stale = site_metrics(state, NOW + SECOND)
+    assert census(stale) == (0, (0, 0, 0, 0), None, EMPTY_BUCKETS, (0, None), (0, 0.0))
+    assert stale.ed_stale_attendances == 1
+
+
+def test_a_later_milestone_moves_the_point_an_attendance_goes_stale() -> None:
+    # a DTA 10 hours after arrival: last heard of then, so stale 82 hours after arrival, not 72
+    arrived = NOW - STALE_AFTER - timedelta(hours=10)
+    dta = arrived + timedelta(hours=10)
+    state = state_of(RXN01, attendance("board", arrived, acuity=3, assessed=arrived, dta=dta))
+
+    held = site_metrics(state, NOW)
+    assert (held.ed_in_department, held.ed_dta_waiting, held.ed_stale_attendances) == (1, 1, 0)
+    assert held.ed_longest_dta_wait_minutes == 4320.0  # 72 h since the DTA
+    assert held.ed_time_in_department["over_12h"] == 1
+
+    stale = site_metrics(state, NOW + SECOND)
+    assert census(stale) == (0, (0, 0, 0, 0), None, EMPTY_BUCKETS, (0, None), (0, 0.0))
+    assert stale.ed_stale_attendances == 1
+
+
+def test_a_stale_attendance_still_counts_among_last_weeks_arrivals() -> None:
+    # arrived at 08:00 on the same day last week, seen at 08:30, never departed
+    arrived = NOW - timedelta(days=7, hours=4)
+    state = state_of(RXN01, attendance("w1", arrived, seen=arrived + timedelta(minutes=30)))
+    m = site_metrics(state, NOW)
+    assert (m.ed_arrivals_same_time_last_week, m.ed_stale_attendances, m.ed_in_department) == (1, 1, 0)
+
+
+def test_a_late_departure_makes_a_stale_attendance_a_departed_one() -> None:
+    arrived = NOW - timedelta(days=4)  # its departure, at 09:00 today, comes after it went stale
+    envelopes = attendance("late", arrived, departed=at(9))
+    state = state_of(RXN01, envelopes[:1])
+    assert site_metrics(state, NOW).ed_stale_attendances == 1
+
+    state.apply(envelopes[1])
+
+    m = site_metrics(state, NOW)
+    assert (m.ed_stale_attendances, m.ed_in_department) == (0, 0)
+    assert (m.ed_departures_since_midnight, m.ed_within_4h_since_midnight) == (1, 0)
+    assert m.ed_12h_breaches_since_midnight == 1  # a stay of 3 days 21 hours
+    assert m == site_metrics(state_of(RXN01, envelopes), NOW)
+
+
+def test_a_stale_attendance_is_counted_until_a_prune_may_forget_it() -> None:
+    arrived = NOW - HISTORY
+    state = state_of(RXN01, attendance("old", arrived, acuity=4, assessed=arrived))
+    assert site_metrics(state, NOW).ed_stale_attendances == 1
+    assert site_metrics(state, NOW + SECOND).ed_stale_attendances == 0
+
+
+def test_an_ambulance_waiting_72_hours_queues_and_a_second_later_is_stale() -> None:
+    # h1's handover message never came; h2 has waited half an hour
+    state = state_of(RXN01, [*handover("h1", NOW - STALE_AFTER), *handover("h2", at(11, 30))])
+
+    held = site_metrics(state, NOW)
+    assert (held.ambulance_queue, held.ambulance_longest_wait_minutes) == (2, 4320.0)
+    assert held.ambulance_stale_handovers == 0
+
+    stale = site_metrics(state, NOW + SECOND)
+    assert (stale.ambulance_queue, stale.ambulance_longest_wait_minutes) == (1, 30.0)  # h2, 30 min 1 s
+    assert stale.ambulance_stale_handovers == 1
+
+
+def test_a_late_handover_makes_a_stale_ambulance_a_handover_since_midnight() -> None:
+    arrived = NOW - timedelta(days=4)
+    state = state_of(RXN01, handover("h1", arrived))
+    assert site_metrics(state, NOW).ambulance_stale_handovers == 1
+
+    state.apply(event(AmbulanceHandedOver(handover_id="h1", arrived_at=arrived), at(9)))
+
+    m = site_metrics(state, NOW)
+    assert (m.ambulance_stale_handovers, m.ambulance_queue) == (0, 0)
+    assert (m.handovers_since_midnight, m.handovers_over_60, m.handover_minutes_total) == (1, 1, 5580.0)
+
+
+def test_a_stale_ambulance_is_counted_until_a_prune_may_forget_it() -> None:
+    state = state_of(RXN01, handover("h1", NOW - HISTORY))
+    assert site_metrics(state, NOW).ambulance_stale_handovers == 1
+    assert site_metrics(state, NOW + SECOND).ambulance_stale_handovers == 0
 
 
 # --- beds ----------------------------------------------------------------------------------------------
@@ -788,6 +898,13 @@ def test_fold_weights_the_median_time_to_treatment_by_patients_seen() -> None:
     assert system.ed_median_time_to_treatment_minutes == 52.5  # (30 x 1 + 60 x 3) / 4, not 45
 
 
+def test_fold_sums_the_stale_leftovers() -> None:
+    system = fold([metrics(ed_stale_attendances=2, ambulance_stale_handovers=1), SITE_B], NOW)
+    assert (system.ed_stale_attendances, system.ambulance_stale_handovers) == (2, 1)
+    system = fold([system, metrics(ed_stale_attendances=3)], NOW)
+    assert (system.ed_stale_attendances, system.ambulance_stale_handovers) == (5, 1)
+
+
 def test_fold_of_nothing_has_no_ratios() -> None:
     system = fold([], NOW)
     assert (system.beds_total, system.ed_in_department) == (0, 0)
@@ -910,6 +1027,21 @@ def test_a_busy_site_scores_a_higher_opel_level_than_a_quiet_one() -> None:
     busy = score_site(PROFILE, site_metrics(busy_site(), OPEL_NOW).opel_inputs())
     assert quiet.level is not None and busy.level is not None
     assert busy.level > quiet.level
+
+
+def test_leftovers_are_no_opel_input_and_change_none() -> None:
+    """A majors patient and an ambulance from days ago, never finished, score nothing: the quiet site
+    keeps its level (counted, the patient would be 1 of 2 over 12 hours, and the queue longer)."""
+    state = quiet_site()
+    long_ago = OPEL_NOW - timedelta(days=4)
+    for envelope in (*attendance("left", long_ago, acuity=2), *handover("h9", long_ago)):
+        state.apply(envelope)
+    m, quiet = site_metrics(state, OPEL_NOW), site_metrics(quiet_site(), OPEL_NOW)
+
+    assert (m.ed_stale_attendances, m.ambulance_stale_handovers) == (1, 1)
+    assert score_site(PROFILE, m.opel_inputs()) == score_site(PROFILE, quiet.opel_inputs())
+    assert m.model_copy(update={"ed_stale_attendances": 0, "ambulance_stale_handovers": 0}) == quiet
+    assert not {"ed_stale_attendances", "ambulance_stale_handovers"} & KNOWN_METRICS
 
 
 def test_an_empty_site_has_too_little_data_for_a_level() -> None:

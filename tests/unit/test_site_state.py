@@ -793,6 +793,51 @@ def test_a_late_admission_after_a_lapsed_encounter_is_forgotten_gives_the_same_f
     assert observable(live, now) == observable(rebuilt, now)
 
 
+# --- attendances never departed and ambulances never handed over are forgotten after HISTORY ----------
+
+
+def test_prune_forgets_an_attendance_never_departed_history_after_its_latest_milestone() -> None:
+    """Last heard of at its DTA, ten hours after arrival: kept until HISTORY after the DTA, then
+    forgotten, which changes no figure."""
+    dta = T1 + timedelta(hours=10)
+    events = [
+        event(EdArrived(attendance_id="a1"), T1),
+        event(EdDecisionToAdmit(attendance_id="a1", specialty="cardiology"), dta),
+    ]
+    state = new_state(*events)
+
+    assert state.prune(dta + HISTORY) == 0
+    assert set(state.attendances) == {"a1"}
+    assert site_metrics(state, dta + HISTORY).ed_stale_attendances == 1
+
+    later = dta + HISTORY + SECOND
+    assert state.prune(later) == 1
+    assert state.attendances == {}
+    assert observable(state, later) == observable(new_state(*events), later)
+
+    # a departure for it, later still, starts an attendance with no arrival: it counts nowhere
+    state.apply(event(EdDeparted(attendance_id="a1", disposition="admitted"), later))
+    assert site_metrics(state, later).ed_departures_since_midnight == 0
+
+
+def test_prune_forgets_an_ambulance_never_handed_over_history_after_its_arrival() -> None:
+    arrived = [event(AmbulanceArrived(handover_id="h1"), T1)]
+    state = new_state(*arrived)
+
+    assert state.prune(T1 + HISTORY) == 0
+    assert set(state.handovers) == {"h1"}
+    assert site_metrics(state, T1 + HISTORY).ambulance_stale_handovers == 1
+    assert state.prune(T1 + HISTORY + SECOND) == 1
+    assert state.handovers == {}
+
+    # its handover message states the arrival: counted, late, as if nothing had been forgotten
+    now = T1 + HISTORY + timedelta(hours=2)
+    late = event(AmbulanceHandedOver(handover_id="h1", arrived_at=T1), now - timedelta(hours=1))
+    state.apply(late)
+    assert site_metrics(state, now).handovers_since_midnight == 1
+    assert observable(state, now) == observable(new_state(*arrived, late), now)
+
+
 def test_a_snapshot_taken_before_expected_admissions_were_kept_still_loads() -> None:
     """Snapshots pickle encounters: one pickled without a field added since gets its default."""
     state = new_state(preadmit("e1", T1, T2), admit("e2", BED_A, T1))
