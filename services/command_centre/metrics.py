@@ -52,6 +52,8 @@ class WardMetrics(BaseModel):
     pending_admissions: int
     expected_discharges_today: int
     on_leave: int
+    # data quality: None when nothing ever wrote to the ward's beds, which still count as unoccupied
+    last_bed_event_at: datetime | None
 
 
 class SiteMetrics(BaseModel):
@@ -77,6 +79,7 @@ class SiteMetrics(BaseModel):
     ncr_pct_of_occupied: float | None = None
     admissions_today: int = 0
     discharges_today: int = 0
+    wards_without_bed_data: int = 0  # data quality: their beds still count as unoccupied above
     # ED
     ed_in_department: int = 0
     ed_awaiting_assessment: int = 0
@@ -171,13 +174,17 @@ def all_ward_metrics(
             if midnight <= at <= now:
                 add(to_ward, "moved_in")
                 add(from_ward, "moved_out")
-    return {w.id: _ward_figures(state, w, flows[w.id]) for w in chosen}
+    return {w.id: _ward_figures(state, w, flows[w.id], now) for w in chosen}
 
 
-def _ward_figures(state: SiteState, ward: Ward, flow: dict[str, int]) -> WardMetrics:
+def _ward_figures(state: SiteState, ward: Ward, flow: dict[str, int], now: datetime) -> WardMetrics:
     counts = {status.value: 0 for status in BedStatus}
     core_open = escalation_open = ncr = 0
+    last_written: datetime | None = None
     for bed in ward.bed_list:
+        written = state.last_written(bed.id)
+        if written is not None and written <= now and (last_written is None or written > last_written):
+            last_written = written
         status = state.bed_status(bed.id)
         counts[status.value] += 1
         if status is not BedStatus.closed:
@@ -204,6 +211,7 @@ def _ward_figures(state: SiteState, ward: Ward, flow: dict[str, int]) -> WardMet
         pending_admissions=flow["pending"],
         expected_discharges_today=flow["expected"],
         on_leave=flow["on_leave"],
+        last_bed_event_at=last_written,
     )
 
 
@@ -242,6 +250,7 @@ def site_metrics(state: SiteState, now: datetime, wards: Iterable[WardMetrics] |
         ncr_patients=totals["ncr"],
         admissions_today=sum(w.admissions_today for w in ward_list),
         discharges_today=sum(w.discharges_today for w in ward_list),
+        wards_without_bed_data=sum(w.last_bed_event_at is None for w in ward_list),
     )
     values.update(_ed_figures(state, now))
     values.update(_handover_figures(state, now))
@@ -400,6 +409,7 @@ SUMMED = (
     "ncr_patients",
     "admissions_today",
     "discharges_today",
+    "wards_without_bed_data",
     "ed_in_department",
     "ed_awaiting_assessment",
     "ed_awaiting_treatment",

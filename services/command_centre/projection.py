@@ -333,7 +333,8 @@ class StateProjection:
             wm = all_wards[ward.id]
             beds = {b.id: state.bed_status(b.id) for b in ward.bed_list}
             counts = WardBedCounts(**wm.counts)
-            figures = wm.model_dump(exclude={"ward_id", "counts", "beds_total", "available"})
+            # as stored, so that a restarted replica compares a time as the string it published
+            figures = wm.model_dump(mode="json", exclude={"ward_id", "counts", "beds_total", "available"})
             comparable = {"beds": {k: v.value for k, v in beds.items()}, "metrics": figures}
             if live.ward_published.get(ward.id) == comparable:
                 continue

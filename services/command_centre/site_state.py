@@ -600,6 +600,17 @@ class SiteState:
     def has_ncr(self, bed_id: str) -> bool:
         return bool(_last(self.ncr.get(bed_id), self.ncr_writes.get(bed_id)))
 
+    def last_written(self, bed_id: str) -> datetime | None:
+        """The event time of the latest write to the bed, of its status or its flag: by its own events,
+        a settled stay or a stay's replay (None: nothing ever wrote to it). Only the latest write of
+        each is kept, and settling keeps the later one, so it is the same in any order and across a
+        prune; an earlier write, hidden behind a later one, is not known."""
+        times = [r.stamp[0] for r in (self.beds.get(bed_id), self.ncr.get(bed_id)) if r is not None]
+        for writes in (self.bed_writes.get(bed_id), self.ncr_writes.get(bed_id)):
+            if writes:
+                times.extend(stamp[0] for stamp, _ in writes.values())
+        return max(times, default=None)
+
     def prune(self, now: datetime) -> int:
         """Forget what no metric needs any more: an ED attendance or ambulance handover over for
         HISTORY (its departure or handover more than HISTORY before `now`, or, with none, its latest

@@ -1,8 +1,9 @@
 """The gateway's pages in a real headless Chromium: the wall display connects, shows a pushed
-update, and shows an unmistakable stale-data banner when the feed drops; a system wall shows every
-site's OPEL tile at once; on the tablet view a site manager acknowledges, annotates, resolves and
-raises escalations; both pages notice a silent connection, renew their token before it expires
-and, when the renewal is refused, ask to sign in again at its expiry.
+update and a ward that has never reported as missing its bed data, and shows an unmistakable
+stale-data banner when the feed drops; a system wall shows every site's OPEL tile at once; on the
+tablet view a site manager acknowledges, annotates, resolves and raises escalations; both pages
+notice a silent connection, renew their token before it expires and, when the renewal is refused,
+ask to sign in again at its expiry.
 
 Set ICC_SCREENSHOT_DIR to keep a screenshot of each page (docs/screenshots is made this way).
 """
@@ -16,7 +17,9 @@ import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -142,11 +145,13 @@ def twelve_site_stack(
     s.stop()
 
 
-async def post_beds(stack: Stack, secrets: Secrets, *beds: tuple[str, str]) -> None:
+async def post_beds(
+    stack: Stack, secrets: Secrets, *beds: tuple[str, str], at: datetime | None = None
+) -> None:
     async with httpx.AsyncClient() as client:
         for bed, status in beds:
             url = f"{stack.url_of('ingest')}/v1/bed-events"
-            response = await post_signed(client, url, secrets, bed_event(bed, status))
+            response = await post_signed(client, url, secrets, bed_event(bed, status, at=at))
             assert response.status_code == 202, response.text
 
 
@@ -192,7 +197,9 @@ async def test_wall_display_shows_a_pushed_update_pages_its_wards_and_goes_stale
     await expect(page.locator("#status")).to_have_text("live", timeout=20_000)
     assert "token" not in page.url, "the token leaves the address bar once read"
     amu = page.locator('[data-ward="RXN01-AMU"]')
+    wards = len(org.sites_by_id["RXN01"].wards)
 
+    reported = datetime.now(UTC) - timedelta(minutes=5)  # when the AMU's feed last reported
     await post_beds(
         stack,
         test_secrets,
@@ -200,19 +207,38 @@ async def test_wall_display_shows_a_pushed_update_pages_its_wards_and_goes_stale
         ("RXN01-AMU-B1-2", "occupied"),
         ("RXN01-AMU-B1-3", "closed"),
         ("RXN01-AMU-ESC-1", "closed"),
+        at=reported,
     )
+    await post_beds(stack, test_secrets, ("RXN01-WD10-B1-1", "occupied"))
     await expect(amu.locator("[data-field=occupied]")).to_have_text("2", timeout=20_000)
     await expect(amu.locator("[data-field=closed]")).to_have_text("2")
-    await expect(amu.locator(".avail-num")).not_to_have_text("–")
-    # the AMU has 4 escalation beds, one closed; the site 10 (AMU 4, WD10 2, WD14 2, ITU 2)
+    await expect(amu.locator(".avail-num")).to_have_text("40")  # of 44
+    await expect(amu).to_have_attribute("data-level", "ok")
+    hh_mm = reported.astimezone(ZoneInfo("Europe/London")).strftime("%H:%M")
+    await expect(amu.locator(".updated")).to_have_text(re.compile(rf"^last bed event (\d+ \w+ )?{hh_mm}$"))
+    # the AMU has 4 escalation beds, one closed; WD10 2 (the site's others are in wards never reported)
     await expect(amu.locator("[data-field=escalation_beds_open]")).to_have_text("3")
     tile = page.locator('[data-site-tile="RXN01"]')
-    await expect(tile.locator("[data-figure=escalation]")).to_have_text("9")
+    await expect(tile.locator("[data-figure=escalation]")).to_have_text("5", timeout=20_000)
     await expect(tile.locator(".opel")).to_be_in_viewport(ratio=1)
+
+    # a ward whose feeds have never reported shows its data missing, not 20 free beds, and the
+    # site's totals leave it out: the AMU's 40 available and WD10's 29 (of 30)
+    sau = page.locator('[data-ward="RXN01-SAU"]')
+    await expect(sau.locator(".level")).to_have_text("NO BED DATA")
+    await expect(sau).to_have_attribute("data-level", "none")
+    await expect(sau.locator(".updated")).to_have_text("no bed data – ward has never reported")
+    await expect(sau.locator(".avail-num")).to_have_text("–")
+    await expect(sau.locator("[data-field=occupied]")).to_have_text("–")
+    await expect(sau.locator(".bar")).to_have_attribute("aria-label", "no bed data")
+    await expect(tile.locator(".reporting")).to_have_text(f"2 of {wards} wards reporting")
+    await expect(tile.locator("[data-figure=available]")).to_have_text("69")
+    await expect(tile.locator("[data-figure=total]")).to_have_text("74")
+    quality = page.locator('[data-site="RXN01"] .data-quality')
+    await expect(quality).to_have_text(f"Data: {wards - 2} wards without bed data")
     await screenshot(page, "wall-site")
 
     # on a smaller screen the site's wards do not all fit: a page of them at a time, in turn
-    wards = len(org.sites_by_id["RXN01"].wards)
     await page.set_viewport_size({"width": 1280, "height": 720})
     label = page.locator(".ward-page")
     await expect(label).to_have_text(re.compile(rf"^wards 1–(\d+) of {wards}$"))

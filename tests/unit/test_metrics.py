@@ -9,9 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from services.command_centre.london_time import local_date, midnight_before, same_time_last_week
-from services.command_centre.metrics import GA_TYPES, SiteMetrics, finish, fold, site_metrics, ward_metrics
+from services.command_centre.metrics import (
+    GA_TYPES,
+    SiteMetrics,
+    all_ward_metrics,
+    finish,
+    fold,
+    site_metrics,
+    ward_metrics,
+)
 from services.command_centre.site_state import HISTORY, STALE_AFTER, SiteState
 from shared.events import (
     AdmissionCancelled,
@@ -35,7 +44,7 @@ from shared.events import (
     PatientUpdated,
     Payload,
 )
-from shared.opel import KNOWN_METRICS, load_profile, score_site
+from shared.opel import KNOWN_METRICS, Parameter, load_profile, score_site
 from shared.organisation import Site, load_organisation
 
 pytestmark = pytest.mark.unit
@@ -602,6 +611,59 @@ def test_an_empty_rxn01_has_its_configured_beds_open() -> None:
     assert (m.ga_occupancy_pct, m.cc_occupancy_pct) == (0.0, 0.0)
     assert (m.escalation_beds_open, m.escalation_beds_pct_of_open) == (10, 2.84)
     assert m.ncr_pct_of_occupied is None
+    # no ward has reported: each is without bed data, its beds available all the same
+    assert m.wards_without_bed_data == len(RXN01.wards) == 14
+    assert all(w.last_bed_event_at is None for w in all_ward_metrics(state_of(RXN01, []), NOW).values())
+
+
+def test_a_ward_reports_by_a_bed_event_a_flag_or_a_patient_placed_in_a_bed() -> None:
+    envelopes = [
+        bed("TST01-ITU-B1-1", BedStatus.closed, at(5)),
+        ncr("TST01-ITU-B1-2", True, at(6)),  # a flag on an empty bed is a write to it too
+        admit("m1", "TST01-MED-B1-1", at(8)),  # an ADT admission placing the patient in a bed
+        admit("m2", "TST01-MED-B1-2", at(7)),
+        bed("TST01-AMU-B1-1", BedStatus.occupied, at(12, 30)),  # dated after NOW
+    ]
+    state = state_of(SMALL, envelopes)
+
+    wards = all_ward_metrics(state, NOW)
+    assert wards[ITU].last_bed_event_at == at(6)
+    assert wards[MED].last_bed_event_at == at(8)
+    assert wards[AMU].last_bed_event_at is None  # its one event does not count yet
+    assert wards[PAED].last_bed_event_at is None
+    m = site_metrics(state, NOW)
+    assert m.wards_without_bed_data == 2  # AMU, PAED
+    # and every other figure is as before: their beds count as unoccupied (the AMU's future event
+    # already counts in its bed's status, as a bed status always has)
+    assert (wards[PAED].available, wards[AMU].available) == (2, 3)
+    assert (m.beds_available, m.beds_occupied, m.beds_closed) == (16, 3, 1)  # of 20
+
+    later = at(12, 30)
+    assert all_ward_metrics(state, later)[AMU].last_bed_event_at == later
+    assert site_metrics(state, later).wards_without_bed_data == 1
+
+
+def test_a_patient_leaving_a_bed_writes_to_it_and_the_latest_write_counts() -> None:
+    envelopes = [
+        bed("TST01-AMU-B1-1", BedStatus.housekeeping, at(6)),
+        admit("a1", "TST01-AMU-B1-1", at(9)),
+        discharge("a1", "TST01-AMU-B1-1", at(10, 15)),  # frees the bed: the ward's latest write
+        bed("TST01-AMU-B1-2", BedStatus.closed, at(10)),
+    ]
+    assert ward_metrics(state_of(SMALL, envelopes), WARD[AMU], NOW).last_bed_event_at == at(10, 15)
+
+
+def test_a_beds_latest_write_after_now_hides_its_earlier_ones() -> None:
+    """Only a bed's latest write is kept: until `now` reaches it the bed gives no time (docs/metrics.md)."""
+    envelopes = [
+        bed("TST01-PAED-B1-1", BedStatus.closed, at(9)),
+        bed("TST01-PAED-B1-1", BedStatus.unoccupied, at(12, 5)),
+    ]
+    state = state_of(SMALL, envelopes)
+    assert ward_metrics(state, WARD[PAED], NOW).last_bed_event_at is None
+    assert ward_metrics(state, WARD[PAED], at(12, 5)).last_bed_event_at == at(12, 5)
+    state.apply(bed("TST01-PAED-B1-2", BedStatus.closed, at(9, 30)))
+    assert ward_metrics(state, WARD[PAED], NOW).last_bed_event_at == at(9, 30)
 
 
 def test_expected_discharge_today_is_the_london_date() -> None:
@@ -905,6 +967,11 @@ def test_fold_sums_the_stale_leftovers() -> None:
     assert (system.ed_stale_attendances, system.ambulance_stale_handovers) == (5, 1)
 
 
+def test_fold_sums_the_wards_without_bed_data() -> None:
+    system = fold([metrics(wards_without_bed_data=2), SITE_B, metrics(wards_without_bed_data=3)], NOW)
+    assert system.wards_without_bed_data == 5
+
+
 def test_fold_of_nothing_has_no_ratios() -> None:
     system = fold([], NOW)
     assert (system.beds_total, system.ed_in_department) == (0, 0)
@@ -918,6 +985,7 @@ def test_fold_of_the_two_sample_sites() -> None:
     rxn02 = site_metrics(state_of(RXN02, []), NOW)
     system = fold([rxn01, rxn02], NOW)
     assert (system.beds_total, system.beds_occupied, system.escalation_beds_open) == (562, 1, 16)
+    assert system.wards_without_bed_data == 13 + 10  # RXN01's but the AMU, and all RXN02's
     assert (system.ga_beds_open, system.ed_majors_resus_spaces) == (529, 52)
     assert system.ga_occupancy_pct == 0.19  # 1 / 529
 
@@ -1042,6 +1110,20 @@ def test_leftovers_are_no_opel_input_and_change_none() -> None:
     assert score_site(PROFILE, m.opel_inputs()) == score_site(PROFILE, quiet.opel_inputs())
     assert m.model_copy(update={"ed_stale_attendances": 0, "ambulance_stale_handovers": 0}) == quiet
     assert not {"ed_stale_attendances", "ambulance_stale_handovers"} & KNOWN_METRICS
+
+
+def test_wards_without_bed_data_is_no_opel_input() -> None:
+    """Data quality, not pressure: no profile may score it."""
+    assert "wards_without_bed_data" not in KNOWN_METRICS
+    with pytest.raises(ValidationError, match="unknown metric 'wards_without_bed_data'"):
+        Parameter(
+            id="unreported",
+            metric="wards_without_bed_data",
+            label="Wards without bed data",
+            direction="higher_is_worse",
+            thresholds=[1, 2, 3],
+            weight=1,
+        )
 
 
 def test_an_empty_site_has_too_little_data_for_a_level() -> None:
