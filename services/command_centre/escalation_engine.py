@@ -11,9 +11,10 @@ forgets flapping.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 import asyncpg
+from pydantic import BaseModel
 
 from services.command_centre import escalation_store as store
 from services.command_centre.escalation_policy import Decision, Evaluator, RuleSet, Verdict
@@ -22,11 +23,20 @@ from services.command_centre.metrics import SiteMetrics, WardMetrics
 from shared.auth import Tier
 from shared.organisation import Organisation
 
-WARD_RULE_METRICS = frozenset(WardMetrics.model_fields) - {"ward_id", "counts"}
-SITE_RULE_METRICS = (frozenset(SiteMetrics.model_fields) - {"as_of", "ed_time_in_department"}) | {
-    "opel_level",
-    "ward_escalations_open",
-}
+
+def numeric_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields a condition can compare: numbers (None while there is no data), not names, times
+    (a ward's `last_bed_event_at`) or tables, which a rule could name but never see hold."""
+    return frozenset(
+        name
+        for name, field in model.model_fields.items()
+        if (kinds := set(get_args(field.annotation) or (field.annotation,)) - {type(None)})
+        and kinds <= {int, float}
+    )
+
+
+WARD_RULE_METRICS = numeric_fields(WardMetrics)
+SITE_RULE_METRICS = numeric_fields(SiteMetrics) | {"opel_level", "ward_escalations_open"}
 
 
 class EscalationEngine:

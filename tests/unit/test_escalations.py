@@ -90,6 +90,28 @@ def test_unknown_metric_is_refused() -> None:
         bad.check_metrics({"available"}, set())
 
 
+def test_a_rule_can_name_only_a_numeric_metric() -> None:
+    # formerly: a rule on `last_bed_event_at` (a time) was accepted, and could never hold
+    from services.command_centre.escalation_engine import SITE_RULE_METRICS, WARD_RULE_METRICS
+
+    assert {"available", "pending_admissions", "ncr_patients"} <= WARD_RULE_METRICS
+    assert {"ward_id", "counts", "last_bed_event_at"}.isdisjoint(WARD_RULE_METRICS)
+    assert {"wards_without_bed_data", "ed_over_12h_now", "opel_level"} <= SITE_RULE_METRICS
+    assert {"as_of", "ed_time_in_department"}.isdisjoint(SITE_RULE_METRICS)
+    bad = rules(
+        rules=[
+            {
+                "id": "quiet-ward",
+                "description": "x",
+                "tier": "ward",
+                "all": [{"metric": "last_bed_event_at", "op": "<=", "value": 0}],
+            }
+        ]
+    )
+    with pytest.raises(EscalationRulesError, match=r"rules\.0\.all\.0\.metric.*last_bed_event_at"):
+        bad.check_metrics(WARD_RULE_METRICS, SITE_RULE_METRICS)
+
+
 def test_only_tracks_that_changed_are_handed_over_for_storing() -> None:
     """The evaluation runs on every batch of every site: a steady condition must write nothing."""
     ev = Evaluator(rules())
