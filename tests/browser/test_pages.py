@@ -308,6 +308,10 @@ async def test_site_manager_acknowledges_annotates_resolves_and_raises_on_the_ta
     await tablet.goto(f"{stack.url_of('gateway')}/tablet#token={manager}&scope=site:RXN01")
     await expect(tablet.locator("#status")).to_have_text("live", timeout=20_000)
     await expect(tablet.locator('[data-metric="beds_available"]')).not_to_have_text("–", timeout=20_000)
+    # beds available counts the wards nobody has reported on (SAU among them) as free: it says so
+    await expect(tablet.locator("#data-quality")).to_contain_text(
+        re.compile(r"^Data: \d+ wards have never reported their beds \(counted as free\)")
+    )
     card = tablet.locator(f'[data-escalation="{ident}"]')
     await expect(card).to_contain_text("no side rooms left")
     await expect(card).to_have_attribute("data-status", "open")
