@@ -75,17 +75,14 @@ def test_invalid_rules_name_the_field(tmp_path: Path) -> None:
         load_rules(path)
 
 
+def on_ward_metric(metric: str) -> RuleSet:
+    """Rules of one ward rule with one condition, on `metric`."""
+    condition = {"metric": metric, "op": "<=", "value": 0}
+    return rules(rules=[{"id": "x", "description": "x", "tier": "ward", "all": [condition]}])
+
+
 def test_unknown_metric_is_refused() -> None:
-    bad = rules(
-        rules=[
-            {
-                "id": "x",
-                "description": "x",
-                "tier": "ward",
-                "all": [{"metric": "beds_free_typo", "op": "<=", "value": 0}],
-            }
-        ]
-    )
+    bad = on_ward_metric("beds_free_typo")
     with pytest.raises(EscalationRulesError, match=r"rules\.0\.all\.0\.metric.*beds_free_typo"):
         bad.check_metrics({"available"}, set())
 
@@ -98,18 +95,8 @@ def test_a_rule_can_name_only_a_numeric_metric() -> None:
     assert {"ward_id", "counts", "last_bed_event_at"}.isdisjoint(WARD_RULE_METRICS)
     assert {"wards_without_bed_data", "ed_over_12h_now", "opel_level"} <= SITE_RULE_METRICS
     assert {"as_of", "ed_time_in_department"}.isdisjoint(SITE_RULE_METRICS)
-    bad = rules(
-        rules=[
-            {
-                "id": "quiet-ward",
-                "description": "x",
-                "tier": "ward",
-                "all": [{"metric": "last_bed_event_at", "op": "<=", "value": 0}],
-            }
-        ]
-    )
     with pytest.raises(EscalationRulesError, match=r"rules\.0\.all\.0\.metric.*last_bed_event_at"):
-        bad.check_metrics(WARD_RULE_METRICS, SITE_RULE_METRICS)
+        on_ward_metric("last_bed_event_at").check_metrics(WARD_RULE_METRICS, SITE_RULE_METRICS)
 
 
 def test_only_tracks_that_changed_are_handed_over_for_storing() -> None:
