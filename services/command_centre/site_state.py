@@ -605,11 +605,15 @@ class SiteState:
         a settled stay or a stay's replay (None: nothing ever wrote to it). Only the latest write of
         each is kept, and settling keeps the later one, so it is the same in any order and across a
         prune; an earlier write, hidden behind a later one, is not known."""
-        times = [r.stamp[0] for r in (self.beds.get(bed_id), self.ncr.get(bed_id)) if r is not None]
+        latest: datetime | None = None  # loops, not a list: run for every bed of every ward published
+        for register in (self.beds.get(bed_id), self.ncr.get(bed_id)):
+            if register is not None and (latest is None or register.stamp[0] > latest):
+                latest = register.stamp[0]
         for writes in (self.bed_writes.get(bed_id), self.ncr_writes.get(bed_id)):
-            if writes:
-                times.extend(stamp[0] for stamp, _ in writes.values())
-        return max(times, default=None)
+            for stamp, _ in writes.values() if writes else ():
+                if latest is None or stamp[0] > latest:
+                    latest = stamp[0]
+        return latest
 
     def prune(self, now: datetime) -> int:
         """Forget what no metric needs any more: an ED attendance or ambulance handover over for
