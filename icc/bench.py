@@ -605,9 +605,11 @@ async def ingest_rounds(
     events = SignedBedEvents(env.org, env.secrets.webhook_secrets[WEBHOOK_SOURCE])
     rejected = rejected_durable = 0
     for round_no in range(1, cfg.rounds + 1):
+        # the least durable webhook before ICC, not after: ICC's relay is still publishing its round
+        # until `relay_caught_up`, and would take a share of the machine from a round run then
         bare = await offer_load(bare_port, events, cfg)
-        icc = await offer_load(icc_port, events, cfg)
         least = await offer_load(durable_port, events, cfg)
+        icc = await offer_load(icc_port, events, cfg)
         if 0 in (icc.accepted, bare.accepted, least.accepted):
             raise BenchError(
                 f"no 202 answers (ICC {icc.other} other answers, bare {bare.other}, durable {least.other})"
